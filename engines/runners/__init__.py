@@ -1,0 +1,1 @@
+"""satedge engines.runners."""

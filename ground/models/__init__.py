@@ -1,0 +1,1 @@
+"""satedge ground.models."""
