@@ -1,0 +1,98 @@
+"""Starting satedge parts as real OS processes: the daemon, the ground receiver, sensors."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+from engines.errors import UserError
+from onboard.settings import DaemonSettings, write_settings
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    """A ``tcp://host:port`` endpoint on a port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return f"tcp://{host}:{s.getsockname()[1]}"
+
+
+def _python_env() -> dict:
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class ManagedProcess:
+    """A child process with its log file; :meth:`stop` sends SIGTERM and waits."""
+
+    def __init__(self, name: str, argv: List[str], log_path: str):
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=_python_env())
+
+    @property
+    def pid(self) -> int:
+        """Process id."""
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the process log."""
+        self._log.flush()
+        with open(self.log_path, "rb") as fh:
+            return b"\n".join(fh.read().splitlines()[-lines:]).decode(errors="replace")
+
+    def stop(self, timeout: float = 60.0, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` and wait for the exit code (SIGKILL after ``timeout``)."""
+        if self.alive():
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._log.close()
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Wait for the process to exit by itself."""
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+
+class DaemonProcess(ManagedProcess):
+    """An onboard daemon started as ``python -m onboard.daemon --config FILE``."""
+
+    def __init__(self, settings: DaemonSettings, config_path: str):
+        os.makedirs(settings.workdir, exist_ok=True)
+        ready = os.path.join(settings.workdir, "ready")
+        if os.path.exists(ready):
+            os.remove(ready)
+        self.settings = settings
+        write_settings(settings, config_path)
+        super().__init__("daemon", [sys.executable, "-m", "onboard.daemon", "--config", config_path],
+                         os.path.join(settings.workdir, "daemon.log"))
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the daemon has bound its sockets; raise with its log if it died."""
+        ready = os.path.join(self.settings.workdir, "ready")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if os.path.exists(ready):
+                return
+            if not self.alive():
+                raise UserError(f"the daemon exited with code {self.proc.returncode} before it was ready:\n"
+                                f"{self.log_tail()}")
+            time.sleep(0.05)
+        raise UserError(f"the daemon was not ready within {timeout} s:\n{self.log_tail()}")

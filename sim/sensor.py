@@ -1,0 +1,103 @@
+"""Sensor emulator: streams synthetic multispectral frames to a daemon over ZeroMQ.
+
+Frames come from :func:`ground.data.scenes.make_scene` (deterministic by seed), 12-bit DN in
+uint16, six Landsat-7 ETM+ bands. Malformed messages from :mod:`sim.badframes` can be mixed in.
+Run as a process: ``python -m sim.sensor --endpoint tcp://... --frames 20 --out sent.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import zmq
+
+from onboard.wire import make_frame
+from sim.badframes import bad_frame
+
+
+class SensorEmulator:
+    """Sends frames on a PUSH (default) or PUB socket connected to the daemon's sensor endpoint.
+
+    Parameters
+    ----------
+    endpoint : str
+        The daemon's ``sensor_endpoint``.
+    stream : str
+        Stream name put in every frame header.
+    pattern : str
+        ``"push"`` (lossless, with backpressure) or ``"pub"``.
+    """
+
+    def __init__(self, endpoint: str, stream: str = "msi", pattern: str = "push",
+                 ctx: Optional[zmq.Context] = None):
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.PUSH if pattern == "push" else zmq.PUB)
+        self.sock.setsockopt(zmq.SNDHWM, 16)
+        self.sock.connect(endpoint)
+        self.stream = stream
+        self.sent_good = 0
+        self.sent_bad: Dict[str, int] = {}
+        self.truth: List[Dict[str, Any]] = []
+
+    def send_scene(self, frame_id: int, seed: int, size: int = 256, cloud_cover: Optional[float] = None) -> None:
+        """Generate one scene and send its DN as a frame; its true cloud fraction is recorded."""
+        from ground.data.scenes import make_scene
+        scene = make_scene(seed, size, size, cloud_cover=cloud_cover)
+        self.sock.send_multipart(make_frame(scene.dn, stream=self.stream, frame_id=frame_id, seed=seed), copy=False)
+        self.sent_good += 1
+        self.truth.append({"frame_id": frame_id, "seed": seed, "cloud_fraction": float(scene.cloud_fraction)})
+
+    def send_bad(self, kind: str, frame_id: int) -> None:
+        """Send one malformed message of ``kind`` (see :data:`sim.badframes.KINDS`)."""
+        self.sock.send_multipart(bad_frame(kind, frame_id=frame_id))
+        self.sent_bad[kind] = self.sent_bad.get(kind, 0) + 1
+
+    def close(self, linger_ms: int = 10000) -> None:
+        """Flush what is queued (up to ``linger_ms``) and close."""
+        self.sock.close(linger=linger_ms)
+
+
+def run(endpoint: str, frames: int, *, seed: int = 1000, size: int = 256, rate_hz: float = 0.0,
+        bad: Sequence[str] = (), stream: str = "msi") -> Dict[str, Any]:
+    """Send ``frames`` good frames (and the ``bad`` kinds spread among them); return what was sent."""
+    emu = SensorEmulator(endpoint, stream)
+    bad = list(bad)
+    every = max(1, frames // (len(bad) + 1)) if bad else 0
+    t0 = time.time()
+    for i in range(frames):
+        if bad and i > 0 and i % every == 0:
+            emu.send_bad(bad.pop(0), frame_id=10_000_000 + i)
+        emu.send_scene(i, seed + i, size)
+        if rate_hz > 0:
+            time.sleep(max(0.0, t0 + (i + 1) / rate_hz - time.time()))
+    for kind in bad:
+        emu.send_bad(kind, frame_id=10_000_000 + frames)
+    emu.close()
+    return {"sent_good": emu.sent_good, "sent_bad": emu.sent_bad,
+            "sent_total": emu.sent_good + sum(emu.sent_bad.values()), "truth": emu.truth,
+            "seconds": time.time() - t0}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry point of the emulator process."""
+    p = argparse.ArgumentParser(prog="python -m sim.sensor", description=__doc__.splitlines()[0])
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--frames", type=int, default=10)
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--rate", type=float, default=0.0, help="frames per second (0: as fast as the daemon takes them)")
+    p.add_argument("--bad", default="", help="comma-separated malformed kinds to mix in")
+    p.add_argument("--out", required=True, help="JSON file describing what was sent")
+    a = p.parse_args(argv)
+    sent = run(a.endpoint, a.frames, seed=a.seed, size=a.size, rate_hz=a.rate,
+               bad=[k for k in a.bad.split(",") if k])
+    with open(a.out, "w") as fh:
+        json.dump(sent, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
