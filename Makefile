@@ -1,0 +1,40 @@
+# satedge: `make demo` runs the main job, `make test` runs the tests. Both create or reuse .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.satedge-installed
+# Where no torch is installed, install a CPU build first so that the plain `torch` requirement
+# does not pull a multi-GB CUDA build. TORCH_LOCAL is tried offline (a local wheel through pip's
+# find-links); otherwise the CPU wheel index is used. Override either, e.g. TORCH_CPU_INDEX= to skip.
+TORCH_LOCAL ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: install demo demo-quick test test-all cuda-check bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || \
+	  $(PY) -m pip install -q --no-index "$(TORCH_LOCAL)" 2>/dev/null || \
+	  $(PY) -m pip install -q torch --index-url $(TORCH_CPU_INDEX)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m satedge_cli demo --out out/demo --json out/demo/summary.json
+
+demo-quick: $(STAMP)
+	$(PY) -m satedge_cli demo --quick --out out/demo-quick --json out/demo-quick/summary.json
+
+cuda-check:
+	bash cuda/check.sh
+
+test: $(STAMP) cuda-check
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/engines.py
+
+clean:
+	rm -rf out build *.egg-info cuda/build

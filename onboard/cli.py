@@ -1,0 +1,49 @@
+"""``satedge onboard ...``: run the daemon, talk to it, list its exit codes."""
+from __future__ import annotations
+
+import json
+
+
+def add_parsers(subparsers) -> None:
+    """Add the ``onboard`` side and its verbs to the top-level parser."""
+    side = subparsers.add_parser("onboard", help="the daemon on the satellite")
+    verbs = side.add_subparsers(dest="verb", metavar="<verb>", required=True)
+
+    run = verbs.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", required=True, help="daemon config (.yaml or .toml)")
+    run.set_defaults(func=_run)
+
+    status = verbs.add_parser("status", help="ask a running daemon for its status")
+    status.add_argument("--control", default="tcp://127.0.0.1:5557", help="the daemon's control endpoint")
+    status.set_defaults(func=_status)
+
+    stop = verbs.add_parser("shutdown", help="ask a running daemon to drain and exit")
+    stop.add_argument("--control", default="tcp://127.0.0.1:5557")
+    stop.set_defaults(func=_shutdown)
+
+    codes = verbs.add_parser("exit-codes", help="what each exit code of the daemon means")
+    codes.set_defaults(func=_exit_codes)
+
+
+def _run(args) -> int:
+    from onboard.daemon import main
+    return main(["--config", args.config])
+
+
+def _status(args) -> int:
+    from onboard.control import ControlClient
+    print(json.dumps(ControlClient(args.control).status(), indent=2))
+    return 0
+
+
+def _shutdown(args) -> int:
+    from onboard.control import ControlClient
+    reply = ControlClient(args.control).request("shutdown")
+    print(reply.get("message"))
+    return 0 if reply.get("ok") else 1
+
+
+def _exit_codes(args) -> int:
+    from onboard.exitcodes import describe
+    print(describe())
+    return 0
