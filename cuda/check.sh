@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# cuda/check.sh - compile-only check of the CUDA sources (run by `make test`).
+#
+#   bash cuda/check.sh                 # every cuda/src/*.cu
+#   bash cuda/check.sh path/to/x.cu    # only the files named
+#
+# Compiles each source with `nvcc -std=c++14 -c` once per architecture in
+# ARCHS (sm_87 Orin, sm_90 Hopper), warnings as errors, objects into
+# cuda/build/check/ (gitignored), and prints one line per (file, arch):
+#     ok   preprocess.cu sm_87 (2.3 s)
+#     FAIL preprocess.cu sm_90 (1.1 s)   followed by the compiler output
+# It also checks that include/satedge_kernels.h compiles as plain C99.
+# Nothing runs on a GPU. Exit status: 0 when everything compiled (or nvcc is
+# absent: the check is skipped), 1 when any compile failed.
+#
+# Environment: NVCC (the nvcc to use; default: nvcc on PATH, and the check is
+# skipped when there is none), NVCC_EXTRA_FLAGS (appended to every compile).
+#
+# TODO(cuda/): CUDA 13 cannot target sm_53 (TX2 is sm_62, Xavier sm_72, Nano
+# sm_53). A later "cuda/" issue adds, when SATEDGE_NVRTC_CHECK=1 and the
+# Python package nvidia-cuda-nvrtc-cu12 is importable, a compile check of the
+# same sources for sm_53/62/72 with CUDA 12's NVRTC (and ptxas). Not
+# implemented here.
+set -u -o pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ARCHS=(87 90)
+
+if [ -n "${NVCC:-}" ]; then
+    nvcc_bin="$(command -v "$NVCC" || true)"
+    if [ -z "$nvcc_bin" ]; then
+        echo "FAIL NVCC=$NVCC is not an executable; unset NVCC to use nvcc from PATH"
+        exit 1
+    fi
+else
+    nvcc_bin="$(command -v nvcc || true)"
+    if [ -z "$nvcc_bin" ]; then
+        echo "nvcc not found: skipping CUDA compile check"
+        exit 0
+    fi
+fi
+
+if [ "${SATEDGE_NVRTC_CHECK:-0}" = "1" ]; then
+    echo "note: SATEDGE_NVRTC_CHECK=1 but the NVRTC check for sm_53/62/72 is not implemented yet (TODO(cuda/))"
+fi
+
+if [ "$#" -gt 0 ]; then
+    sources=("$@")
+else
+    shopt -s nullglob
+    sources=("$here"/src/*.cu)
+    shopt -u nullglob
+fi
+if [ "${#sources[@]}" -eq 0 ]; then
+    echo "FAIL no .cu sources found in $here/src"
+    exit 1
+fi
+
+out="$here/build/check"
+mkdir -p "$out"
+
+# Host-compiler warnings are errors too.
+flags=(-std=c++14 -c -I"$here/include" -I"$here/src"
+       -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror)
+# shellcheck disable=SC2206  # word splitting of extra flags is intended
+extra=(${NVCC_EXTRA_FLAGS:-})
+
+now_ms() { date +%s%3N; }
+elapsed() { local ms=$(( $(now_ms) - $1 )); printf '%d.%d s' $((ms / 1000)) $(((ms % 1000) / 100)); }
+
+nvcc_version="$("$nvcc_bin" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
+echo "nvcc $nvcc_version: compiling ${#sources[@]} file(s) for ${ARCHS[*]/#/sm_}"
+
+failures=0
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+
+for src in "${sources[@]}"; do
+    name="$(basename "$src")"
+    for arch in "${ARCHS[@]}"; do
+        t0="$(now_ms)"
+        if "$nvcc_bin" "${flags[@]}" "${extra[@]}" \
+            -gencode "arch=compute_${arch},code=sm_${arch}" \
+            -o "$out/${name%.cu}.sm_${arch}.o" "$src" >"$log" 2>&1; then
+            echo "ok   $name sm_$arch ($(elapsed "$t0"))"
+        else
+            echo "FAIL $name sm_$arch ($(elapsed "$t0"))"
+            sed 's/^/    /' "$log"
+            failures=$((failures + 1))
+        fi
+    done
+done
+
+# The public header must stay plain C (ctypes users, C callers).
+hdr_c="$out/header_c99_check.c"
+printf '#include "satedge_kernels.h"\nint satedge_header_c99_check(void) { return SATEDGE_KERNELS_ABI_VERSION; }\n' >"$hdr_c"
+t0="$(now_ms)"
+if "$nvcc_bin" -x c -c -I"$here/include" -Xcompiler -std=c99,-Wall,-Wextra,-Werror \
+    -o "$out/header_c99_check.o" "$hdr_c" >"$log" 2>&1; then
+    echo "ok   satedge_kernels.h C99 ($(elapsed "$t0"))"
+else
+    echo "FAIL satedge_kernels.h C99 ($(elapsed "$t0"))"
+    sed 's/^/    /' "$log"
+    failures=$((failures + 1))
+fi
+
+if [ "$failures" -ne 0 ]; then
+    echo "CUDA compile check: $failures failure(s)"
+    exit 1
+fi
+echo "CUDA compile check passed"
