@@ -25,6 +25,17 @@ def add_parsers(subparsers) -> None:
     sensor.add_argument("--seed", type=int, default=1000)
     sensor.set_defaults(func=_sensor)
 
+    c = verbs.add_parser("contacts", help="contact windows of a constellation -> HDTN contact plan JSON")
+    c.add_argument("--walker", help='Walker-delta "INC:T/P/F@ALT_KM", e.g. "53:24/3/1@550"')
+    c.add_argument("--tle", help="TLE file instead of a Walker constellation")
+    c.add_argument("--stations", help="'all', 'default:N', comma-separated names, or a JSON file")
+    c.add_argument("--hours", type=float, default=24.0)
+    c.add_argument("--step", type=float, default=10.0, help="propagation step in seconds")
+    c.add_argument("--start", help="plan epoch, ISO UTC (default: today 00:00 UTC, or the latest TLE epoch)")
+    c.add_argument("--isl", action="store_true", help="also inter-satellite line-of-sight windows")
+    c.add_argument("--out", default="out/contacts.json")
+    c.set_defaults(func=_contacts)
+
 
 def _demo(args) -> int:
     from sim.demo import format_summary, run_demo
@@ -43,4 +54,13 @@ def _sensor(args) -> int:
     from sim.sensor import run
     sent = run(args.endpoint, args.frames, seed=args.seed, rate_hz=args.rate)
     print(f"sent {sent['sent_total']} frames in {sent['seconds']:.1f} s")
+    return 0
+
+
+def _contacts(args) -> int:
+    from sim.contacts import run_contacts
+    plan = run_contacts(args.walker, args.tle, args.stations, args.hours, args.step, args.out,
+                        start=args.start, isl=args.isl)
+    print(plan.format_summary())
+    print(f"written to {args.out}")
     return 0
