@@ -14,13 +14,13 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Unio
 
 import numpy as np
 
-from engines.errors import BundleError
+from engines.errors import BundleError, UserError
 from engines.hashing import sha256_file
 from engines.manifest import MANIFEST_FILE, Manifest, TensorSpec
 
 MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "reference.npz"
-SIGNATURE_FILES = ("manifest.sig",)
+SIGNATURE_FILES = ("manifest.sig",)  # engines.signing.SIGNATURE_FILE
 RESERVED = (MANIFEST_FILE, MODEL_FILE, REFERENCE_FILE) + SIGNATURE_FILES
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -98,21 +98,28 @@ class Bundle:
         self._manifest = manifest
 
     @classmethod
-    def open(cls, path: PathLike, verify: bool = True) -> "Bundle":
+    def open(cls, path: PathLike, verify: bool = True,
+             trusted_keys: Optional[Sequence[Any]] = None) -> "Bundle":
         """Open the bundle directory at ``path``.
 
         Parameters
         ----------
         path : str or os.PathLike
-            The bundle directory.
+            The bundle directory (unpack a tar first with ``engines.archive.extract_archive``).
         verify : bool, optional
             Also check the SHA-256 of every listed file (default). The manifest schema, the
             presence of the listed files and the absence of unlisted files are always checked.
+        trusted_keys : sequence of path, bytes or Ed25519PublicKey, optional
+            When given, ``manifest.sig`` must be a valid signature by one of these keys; it is
+            checked right after the manifest is parsed, before any other file is looked at. An
+            empty sequence means "signature required, nothing trusted" and always fails.
 
         Raises
         ------
         BundleError
             If the manifest is missing or invalid, a file is missing, unlisted, or its hash differs.
+        SignatureError
+            If ``trusted_keys`` is given and the signature is missing, untrusted or bad.
         """
         root = Path(path)
         mpath = root / MANIFEST_FILE
@@ -121,7 +128,17 @@ class Bundle:
         if not mpath.is_file():
             raise BundleError("%s has no %s; it is not a bundle (or packing did not finish). Repack it "
                               "with pack_bundle." % (root, MANIFEST_FILE))
-        manifest = Manifest.from_json(mpath.read_bytes())
+        try:
+            manifest = Manifest.from_json(mpath.read_bytes())
+        except BundleError as exc:
+            raise BundleError("bundle %s: %s is invalid or was modified: %s" % (root, MANIFEST_FILE, exc)) from None
+        if trusted_keys is not None:
+            try:
+                from engines.signing import verify_manifest_signature
+            except ImportError as exc:  # cryptography is an onboard/ground extra, not a base dependency
+                raise UserError("checking bundle signatures needs the 'cryptography' package (%s); install "
+                                "satedge[onboard]." % exc) from None
+            verify_manifest_signature(manifest, root, trusted_keys)
         bundle = cls(root, manifest)
         bundle.check_layout()
         if verify:
@@ -196,7 +213,7 @@ def pack_bundle(out_dir: PathLike, *, name: str, version: int, model_path: PathL
                 metrics: Optional[Mapping[str, float]] = None,
                 extra_files: Optional[Mapping[str, Union[PathLike, bytes]]] = None,
                 targets: Sequence[str] = (), min_runtime_version: str = "0.1.0",
-                overwrite: bool = False) -> Bundle:
+                overwrite: bool = False, manifest_extra: Optional[Mapping[str, Any]] = None) -> Bundle:
     """Write an engine bundle directory and return it opened (and verified).
 
     Parameters
@@ -222,6 +239,8 @@ def pack_bundle(out_dir: PathLike, *, name: str, version: int, model_path: PathL
         Oldest satedge that may run it.
     overwrite : bool, optional
         Replace an existing bundle at ``out_dir``.
+    manifest_extra : dict, optional
+        Further top-level manifest fields (e.g. ``reference_op``), kept and signed like the rest.
     """
     root = Path(out_dir)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -244,7 +263,8 @@ def pack_bundle(out_dir: PathLike, *, name: str, version: int, model_path: PathL
     # Check everything the manifest will say before writing a single byte.
     Manifest(name=name, version=version, precision=precision, inputs=in_specs, outputs=out_specs,
              files={rel: "0" * 64 for rel in [MODEL_FILE, REFERENCE_FILE] + list(extra_files)},
-             metrics=dict(metrics or {}), targets=list(targets), min_runtime_version=min_runtime_version)
+             metrics=dict(metrics or {}), targets=list(targets), min_runtime_version=min_runtime_version,
+             extra=dict(manifest_extra or {}))
 
     root.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(str(model_path), str(root / MODEL_FILE))
@@ -265,6 +285,7 @@ def pack_bundle(out_dir: PathLike, *, name: str, version: int, model_path: PathL
         files[rel] = sha256_file(root / rel)
     manifest = Manifest(name=name, version=version, precision=precision, inputs=in_specs, outputs=out_specs,
                         files=files, metrics=dict(metrics or {}), reference={"file": REFERENCE_FILE},
-                        targets=list(targets), min_runtime_version=min_runtime_version)
+                        targets=list(targets), min_runtime_version=min_runtime_version,
+                        extra=dict(manifest_extra or {}))
     _write_atomic(root / MANIFEST_FILE, (manifest.to_json() + "\n").encode("utf-8"))
     return Bundle.open(root)

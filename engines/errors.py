@@ -29,3 +29,15 @@ class RunnerError(UserError):
     """A runner was used wrongly (inputs that do not match its spec, used before activate)."""
 
     exit_code = 4
+
+
+class SignatureError(BundleError):
+    """A bundle's signature is missing, made with a key that is not trusted, or does not verify."""
+
+    exit_code = 3
+
+
+class PlanIncompatible(BundleError):
+    """A TensorRT plan was built for another TensorRT version or GPU than the one at hand."""
+
+    exit_code = 3

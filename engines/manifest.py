@@ -1,7 +1,8 @@
 """The typed manifest of an engine bundle (``manifest.json``), see ``docs/bundle.md``.
 
-A manifest names the engine, pins every file of the bundle by SHA-256 and describes the input
-and output tensors. ``Manifest.canonical_bytes()`` is the exact byte string a signature covers:
+A manifest names the engine, pins every file of the bundle by SHA-256, describes the input
+and output tensors and lists the TensorRT plans (``plans``, entries typed by
+``engines.plan.PlanEntry``; absent when there are none). ``Manifest.canonical_bytes()`` is the exact byte string a signature covers:
 JSON with sorted keys, no whitespace, UTF-8. Unknown top-level fields (written by a newer
 satedge) are kept in ``Manifest.extra`` and written back unchanged, so they stay signed.
 """
@@ -16,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from engines.errors import BundleError
 from engines.hashing import is_sha256_hex
+from engines.plan import PlanEntry
 
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -142,6 +144,7 @@ class Manifest:
     min_runtime_version: str = "0.1.0"
     created: str = field(default_factory=_utc_now)
     format_version: int = FORMAT_VERSION
+    plans: Optional[List[PlanEntry]] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -188,9 +191,24 @@ class Manifest:
             datetime.fromisoformat(self.created.replace("Z", "+00:00"))
         except (AttributeError, TypeError, ValueError):
             raise _fail("created", "not an ISO 8601 time: %r" % (self.created,), "Use e.g. \"2024-05-01T12:00:00Z\".") from None
+        self._validate_plans()
         clash = sorted(set(self.extra) & set(_known_fields()))
         if clash:
             raise _fail("extra", "holds known field names %s" % clash, "Set those as attributes instead.")
+
+    def _validate_plans(self) -> None:
+        if self.plans is None:
+            return
+        if not isinstance(self.plans, list) or not all(isinstance(p, PlanEntry) for p in self.plans):
+            raise _fail("plans", "must be a list of plan entries, got %r" % (self.plans,), "Let engines build write it.")
+        seen: Dict[Any, str] = {}
+        for plan in self.plans:
+            if plan.file not in self.files:
+                raise _fail("plans", "plan %s is not listed in files" % plan.file, "List it with its sha256.")
+            if plan.key in seen:
+                raise _fail("plans", "%s and %s have the same key (%s)" % (seen[plan.key], plan.file, plan.describe()),
+                            "Keep one plan per (SM, TensorRT version, precision, DLA core).")
+            seen[plan.key] = plan.file
 
     def input(self, name: str) -> TensorSpec:
         """Return the input spec called ``name`` (``BundleError`` listing the inputs if absent)."""
@@ -207,6 +225,8 @@ class Manifest:
                    outputs=[s.to_dict() for s in self.outputs], files=dict(self.files),
                    metrics=dict(self.metrics), reference=dict(self.reference), targets=list(self.targets),
                    min_runtime_version=self.min_runtime_version, created=self.created)
+        if self.plans is not None:  # absent stays absent, so older manifests keep their canonical bytes
+            out["plans"] = [p.to_dict() for p in self.plans]
         return out
 
     @classmethod
@@ -224,6 +244,10 @@ class Manifest:
             if not isinstance(kwargs[key], list):
                 raise _fail(key, "must be a list, got %r" % (kwargs[key],), "Describe every tensor.")
             kwargs[key] = [TensorSpec.from_dict(d) for d in kwargs[key]]
+        if "plans" in kwargs:
+            if not isinstance(kwargs["plans"], list):
+                raise _fail("plans", "must be a list, got %r" % (kwargs["plans"],), "Let engines build write it.")
+            kwargs["plans"] = [PlanEntry.from_dict(d) for d in kwargs["plans"]]
         kwargs["extra"] = {k: v for k, v in data.items() if k not in known}
         return cls(**kwargs)
 

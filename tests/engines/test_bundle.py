@@ -152,7 +152,7 @@ def test_runner_for_backends(bundle):
     assert BACKENDS == ("onnxrt", "tensorrt", "reference")
     with pytest.raises(UserError, match="unknown runner backend 'tflite'.*onnxrt"):
         runner_for(bundle, backend="tflite")
-    with pytest.raises(UserError, match="not implemented yet"):
-        runner_for(bundle, backend="tensorrt")
+    trt_runner = runner_for(bundle, backend="tensorrt")
+    assert not trt_runner.is_active and trt_runner._mem is None  # nothing touched before activate()
     runner = runner_for(str(bundle.path))
     assert runner.name == "cloudmask:v3" and not runner.is_active

@@ -1,0 +1,264 @@
+"""``satedge keys ...`` and ``satedge engines ...``: keys, pack, sign, verify, inspect, diff, build, compare, targets.
+
+Every verb sets ``func(args) -> int`` and raises ``UserError`` subclasses for problems the user can
+fix; the ``satedge`` dispatcher prints them and exits with their ``exit_code``. Verbs that only read
+a bundle (verify, inspect, diff, compare) take a directory or a ``.tar``/``.tar.gz``; a tar is
+unpacked (with ``extract_archive``'s checks) into a temporary directory first.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from engines.errors import SignatureError, UserError
+
+
+def add_parsers(subparsers) -> None:
+    """Add the ``keys`` and ``engines`` sides and their verbs to the top-level parser."""
+    keys = subparsers.add_parser("keys", help="ed25519 signing keys for engine bundles")
+    kverbs = keys.add_subparsers(dest="verb", metavar="<verb>", required=True)
+    gen = kverbs.add_parser("gen", help="create a key pair: NAME.key (private, 0600) and NAME.pub")
+    gen.add_argument("--out", required=True, help="directory for the two files")
+    gen.add_argument("--name", default="satedge", help="file stem (default: satedge)")
+    gen.set_defaults(func=_keys_gen)
+
+    side = subparsers.add_parser("engines", help="engine bundles: pack, sign, verify, build, compare")
+    verbs = side.add_subparsers(dest="verb", metavar="<verb>", required=True)
+    pack = verbs.add_parser("pack", help="make a bundle from an ONNX model, or a tar from a bundle directory")
+    pack.add_argument("--onnx", help="the ONNX model to bundle")
+    pack.add_argument("--manifest", help="JSON with name, version, precision, inputs, outputs (and optional "
+                      "metrics, targets, min_runtime_version, reference_op)")
+    pack.add_argument("--reference", help=".npz with in/<name> and out/<name> arrays (default: random inputs "
+                      "run through ONNX Runtime)")
+    pack.add_argument("--from-dir", help="an existing bundle directory to pack into a tar (--out FILE.tar[.gz])")
+    pack.add_argument("--out", required=True, help="bundle directory to write, or the tar file with --from-dir")
+    pack.add_argument("--name", help="override the manifest name")
+    pack.add_argument("--version", type=int, help="override the manifest version")
+    pack.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="override the manifest precision")
+    pack.add_argument("--sign", metavar="KEY", help="sign the new bundle with this private key")
+    pack.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    pack.set_defaults(func=_pack)
+
+    sign = verbs.add_parser("sign", help="sign a bundle directory (writes manifest.sig)")
+    sign.add_argument("bundle")
+    sign.add_argument("--key", required=True, help="private key (.key)")
+    sign.set_defaults(func=_sign)
+
+    verify = verbs.add_parser("verify", help="check hashes and, with --key, the signature")
+    verify.add_argument("bundle", help="bundle directory or .tar/.tar.gz")
+    verify.add_argument("--key", action="append", default=[], help="trusted public key (.pub); repeatable")
+    verify.set_defaults(func=_verify)
+
+    inspect = verbs.add_parser("inspect", help="human summary of a bundle")
+    inspect.add_argument("bundle", help="bundle directory or .tar/.tar.gz")
+    inspect.add_argument("--key", action="append", default=[], help="trusted public key to check the signature")
+    inspect.add_argument("--json", action="store_true", help="print the manifest JSON instead")
+    inspect.set_defaults(func=_inspect)
+
+    diff = verbs.add_parser("diff", help="manifest-level differences (exit 1 when they differ)")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    diff.set_defaults(func=_diff)
+
+    build = verbs.add_parser("build", help="build a TensorRT plan on this Jetson/GPU host and add it")
+    build.add_argument("bundle", help="bundle directory")
+    build.add_argument("--target", required=True, help="target profile ('satedge engines targets')")
+    build.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="default: the manifest's")
+    build.add_argument("--dla-core", type=int, help="build for this DLA core (GPU fallback on)")
+    build.add_argument("--timing-cache", help="timing cache file to load and update")
+    build.add_argument("--version-compatible", action="store_true", help="TensorRT >= 8.6 version compatibility")
+    build.add_argument("--workspace-mb", type=int, default=1024)
+    build.add_argument("--key", help="private key to re-sign the bundle with (the old signature is removed)")
+    build.add_argument("--replace", action="store_true", help="replace an existing plan with the same key")
+    build.set_defaults(func=_build)
+
+    compare = verbs.add_parser("compare", help="run backends on the reference vectors and compare")
+    compare.add_argument("bundle", help="bundle directory or .tar/.tar.gz")
+    compare.add_argument("--backends", default="onnxrt,reference", help="comma-separated (default onnxrt,reference)")
+    compare.add_argument("--tolerance", action="append", default=[], metavar="PREC=VALUE",
+                         help="override a tolerance, e.g. int8=0.08")
+    compare.set_defaults(func=_compare)
+
+    targets = verbs.add_parser("targets", help="list target profiles")
+    targets.add_argument("--json", action="store_true")
+    targets.set_defaults(func=_targets)
+
+
+@contextlib.contextmanager
+def _opened(path: str, keys: Sequence[str] = ()) -> Iterator:
+    """Open a bundle directory or tar (``trusted_keys`` checked when ``keys`` is non-empty)."""
+    from engines.archive import extract_archive
+    from engines.bundle import Bundle
+
+    trusted = list(keys) or None
+    p = Path(path)
+    if p.is_dir():
+        yield Bundle.open(p, trusted_keys=trusted)
+        return
+    if not p.is_file():
+        raise UserError("no bundle directory or archive at %s." % p)
+    with tempfile.TemporaryDirectory(prefix="satedge-bundle-") as tmp:
+        yield Bundle.open(extract_archive(p, Path(tmp) / "bundle"), trusted_keys=trusted)
+
+
+def _signer(bundle) -> Optional[str]:
+    from engines.signing import SIGNATURE_FILE, read_signature
+    if not (bundle.path / SIGNATURE_FILE).is_file():
+        return None
+    try:
+        return read_signature(bundle.path)["key_id"]
+    except SignatureError:
+        return "(malformed manifest.sig)"
+
+
+def _keys_gen(args) -> int:
+    from engines.signing import generate_keypair, key_id
+    priv, pub = generate_keypair(args.out, name=args.name)
+    print("private key %s (keep it on the ground)\npublic key  %s\nkey id      %s" % (priv, pub, key_id(pub)))
+    return 0
+
+
+def _auto_reference(model: Path, inputs, outputs):
+    import onnxruntime as ort
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for s in inputs:
+        shape = tuple(d if isinstance(d, int) else 1 for d in s.shape)
+        feeds[s.name] = (rng.standard_normal(shape) if np.dtype(s.dtype).kind == "f"
+                         else rng.integers(0, 2, shape)).astype(s.dtype)
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    names = [s.name for s in outputs]
+    return feeds, dict(zip(names, sess.run(names, feeds)))
+
+
+def _pack(args) -> int:
+    if args.from_dir:
+        from engines.archive import pack_archive
+        out = pack_archive(args.from_dir, args.out)
+        print("packed %s -> %s (%d bytes)" % (args.from_dir, out, out.stat().st_size))
+        return 0
+    if not (args.onnx and args.manifest):
+        raise UserError("engines pack needs --onnx MODEL --manifest SPEC.json --out DIR (or --from-dir BUNDLE "
+                        "--out FILE.tar.gz to pack an existing bundle).")
+    from engines.bundle import pack_bundle
+    from engines.manifest import TensorSpec
+    from engines.targets import check_onnx_for_target
+    try:
+        spec = json.loads(Path(args.manifest).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError("cannot read --manifest %s: %s" % (args.manifest, exc)) from None
+    for key, value in (("name", args.name), ("version", args.version), ("precision", args.precision)):
+        if value is not None:
+            spec[key] = value
+    missing = [k for k in ("name", "version", "precision", "inputs", "outputs") if k not in spec]
+    if missing:
+        raise UserError("--manifest %s lacks %s." % (args.manifest, ", ".join(missing)))
+    for target in spec.get("targets", []):
+        check_onnx_for_target(args.onnx, target)
+    ins = [TensorSpec.from_dict(d) for d in spec["inputs"]]
+    outs = [TensorSpec.from_dict(d) for d in spec["outputs"]]
+    if args.reference:
+        with np.load(args.reference, allow_pickle=False) as npz:
+            ref_in = {k[3:]: npz[k] for k in npz.files if k.startswith("in/")}
+            ref_out = {k[4:]: npz[k] for k in npz.files if k.startswith("out/")}
+    else:
+        ref_in, ref_out = _auto_reference(Path(args.onnx), ins, outs)
+    known = {"name", "version", "precision", "inputs", "outputs", "metrics", "targets", "min_runtime_version"}
+    bundle = pack_bundle(args.out, name=spec["name"], version=spec["version"], model_path=args.onnx,
+                         precision=spec["precision"], inputs=ins, outputs=outs, reference_inputs=ref_in,
+                         reference_outputs=ref_out, metrics=spec.get("metrics"), targets=spec.get("targets", ()),
+                         min_runtime_version=spec.get("min_runtime_version", "0.1.0"), overwrite=args.overwrite,
+                         manifest_extra={k: v for k, v in spec.items() if k not in known})
+    print("packed %s v%d -> %s" % (bundle.manifest.name, bundle.manifest.version, bundle.path))
+    if args.sign:
+        from engines.signing import sign_bundle
+        print("signed with key id %s" % sign_bundle(bundle.path, args.sign))
+    return 0
+
+
+def _sign(args) -> int:
+    from engines.signing import sign_bundle
+    if not Path(args.bundle).is_dir():
+        raise UserError("engines sign works on a bundle directory; sign it, then pack it with 'satedge engines pack "
+                        "--from-dir DIR --out FILE.tar.gz'.")
+    print("signed %s with key id %s" % (args.bundle, sign_bundle(args.bundle, args.key)))
+    return 0
+
+
+def _verify(args) -> int:
+    with _opened(args.bundle, args.key) as bundle:
+        m = bundle.manifest
+        signer = _signer(bundle)
+        if args.key:
+            print("OK %s v%d: %d files match their hashes; signed by trusted key id %s." % (m.name, m.version,
+                                                                                            len(m.files), signer))
+        else:
+            print("OK %s v%d: %d files match their hashes; signature NOT checked (%s; pass --key PUB)."
+                  % (m.name, m.version, len(m.files), "key id %s" % signer if signer else "unsigned"))
+    return 0
+
+
+def _inspect(args) -> int:
+    from engines.summary import describe_bundle
+    with _opened(args.bundle, args.key) as bundle:
+        print(bundle.manifest.to_json() if args.json else describe_bundle(bundle, _signer(bundle), bool(args.key)))
+    return 0
+
+
+def _diff(args) -> int:
+    from engines.summary import manifest_diff
+    with _opened(args.a) as a, _opened(args.b) as b:
+        lines = manifest_diff(a.manifest, b.manifest)
+    print("\n".join(lines) if lines else "manifests are identical")
+    return 1 if lines else 0
+
+
+def _build(args) -> int:
+    from engines.build import build_plan
+    from engines.bundle import Bundle
+    if not Path(args.bundle).is_dir():
+        raise UserError("engines build works on a bundle directory (it adds plans/ to it); pack it afterwards.")
+    report = build_plan(Bundle.open(args.bundle), args.target, precision=args.precision, dla_core=args.dla_core,
+                        timing_cache=args.timing_cache, version_compatible=args.version_compatible,
+                        workspace_mb=args.workspace_mb, key=args.key, replace=args.replace)
+    print("built %s (%s) in %.1f s" % (report.entry.file, report.entry.describe(), report.seconds))
+    if report.gpu_fallback_layers:
+        print("layers on the GPU instead of the DLA: %s" % ", ".join(report.gpu_fallback_layers))
+    print("signed by key id %s" % report.signed_by if report.signed_by else
+          "bundle is now UNSIGNED (the manifest changed); sign it with 'satedge engines sign'.")
+    return 0
+
+
+def _compare(args) -> int:
+    from engines.compare import compare_backends
+    tolerances = {}
+    for item in args.tolerance:
+        prec, _, value = item.partition("=")
+        try:
+            tolerances[prec] = float(value)
+        except ValueError:
+            raise UserError("--tolerance %r is not PREC=VALUE (e.g. int8=0.08)." % item) from None
+    with _opened(args.bundle) as bundle:
+        report = compare_backends(bundle, [b.strip() for b in args.backends.split(",") if b.strip()], tolerances)
+    print(report.format())
+    return 0 if report.passed else 1
+
+
+def _targets(args) -> int:
+    from dataclasses import asdict
+    from engines.targets import PROFILES
+    if args.json:
+        print(json.dumps({n: asdict(p) for n, p in PROFILES.items()}, indent=2))
+        return 0
+    print("%-11s %-8s %-9s %-6s %-5s %-9s %-4s %-15s %s" % ("profile", "jetpack", "tensorrt", "cuda", "sm",
+                                                             "opset/IR", "dla", "precisions", "buffers"))
+    for p in PROFILES.values():
+        print("%-11s %-8s %-9s %-6s %-5s %-9s %-4d %-15s %s" % (
+            p.name, p.jetpack or "-", p.trt_version or "any", p.cuda_version or "any", p.sm or "any",
+            "%d/%d" % (p.max_opset, p.max_ir_version), p.dla_cores, ",".join(p.precisions), p.buffer_library))
+    return 0

@@ -1,0 +1,320 @@
+"""Durable records of the engine store: the per-engine state file, slot folders, rollback commands.
+
+Every write here survives power loss at any instant: a file is written to a temporary name in
+the same folder, fsynced, renamed over the old one, and the folder is fsynced. The state file is
+kept twice (``state.json`` and ``state.json.bak``), each with a SHA-256 of its content, so a bit
+flip in one copy falls back to the other. Slots are whole bundle directories; a new one is built
+under ``<slot>.tmp-<n>`` and renamed into place. A ``RollbackCommand`` is a signed ground order
+whose nonce, once accepted, is kept in the state file so it can never be replayed.
+``docs/store.md`` describes the layout.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+from cryptography.exceptions import InvalidSignature
+
+from engines.bundle import Bundle
+from engines.errors import UserError
+from engines.manifest import MANIFEST_FILE
+from engines.signing import SIGNATURE_FILE, key_id, load_private_key, load_public_key
+
+SLOTS = ("A", "B")
+STATE_FILE = "state.json"
+BACKUP_FILE = "state.json.bak"
+LOCK_FILE = ".lock"
+STATE_FORMAT = 1
+MAX_EVENTS = 200
+MAX_NONCES = 256
+
+
+class StoreError(UserError):
+    """The engine store cannot do what was asked; the message names the engine, the slot and the fix."""
+
+    exit_code = 3
+
+
+class RollbackRefused(StoreError):
+    """A version not above the highest ever activated was refused, or a rollback command was invalid."""
+
+
+def other_slot(slot: Optional[str]) -> str:
+    """Return the slot that is not ``slot`` (``"A"`` when there is none yet)."""
+    return "B" if slot == "A" else "A"
+
+
+def new_state(name: str) -> Dict[str, Any]:
+    """Return the state of an engine that has never been installed."""
+    return {"format": STATE_FORMAT, "engine": name, "active": None, "previous": None,
+            "slots": {s: {"version": None, "status": "empty"} for s in SLOTS},
+            "highest_version": 0, "pending": None, "seq": 0, "events": [],
+            "commands": {"nonces": [], "last_issued_at": None}}
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that a rename or a new entry in it is durable."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:  # not possible on every platform
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(dest: Path, data: bytes) -> None:
+    """Replace ``dest`` with ``data``: temp file in the same folder, fsync, rename, fsync the folder."""
+    fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".", suffix=".tmp", dir=str(dest.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, str(dest))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(dest.parent)
+
+
+def _encode(state: Dict[str, Any]) -> bytes:
+    body = json.dumps(state, sort_keys=True, separators=(",", ":"))
+    doc = {"sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(), "state": state}
+    return (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode("utf-8")
+
+
+def _decode(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        doc = json.loads(path.read_bytes())
+        state = doc["state"]
+        body = json.dumps(state, sort_keys=True, separators=(",", ":"))
+        if hashlib.sha256(body.encode("utf-8")).hexdigest() != doc["sha256"]:
+            return None
+        return state if state.get("format") == STATE_FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def save_state(engine_dir: Path, state: Dict[str, Any]) -> None:
+    """Write both copies of the state file durably (primary first, then the backup)."""
+    data = _encode(state)
+    write_durable(engine_dir / STATE_FILE, data)
+    write_durable(engine_dir / BACKUP_FILE, data)
+
+
+def load_state(engine_dir: Path, name: str) -> Optional[Dict[str, Any]]:
+    """Read the state of engine ``name``; ``None`` if it was never installed.
+
+    Raises
+    ------
+    StoreError
+        If state files exist but neither copy is readable and intact.
+    """
+    copies = [engine_dir / STATE_FILE, engine_dir / BACKUP_FILE]
+    if not any(p.exists() for p in copies):
+        return None
+    for path in copies:
+        state = _decode(path)
+        if state is not None and state.get("engine") == name:
+            return state
+    raise StoreError("engine %r: both state files in %s are unreadable or fail their checksum; the store cannot "
+                     "tell which slot is active. Inspect the folder, then delete it and install the engine "
+                     "again." % (name, engine_dir))
+
+
+def add_event(state: Dict[str, Any], kind: str, detail: str, slot: Optional[str] = None,
+              version: Optional[int] = None) -> Dict[str, Any]:
+    """Append a health event to ``state`` (the oldest are dropped beyond ``MAX_EVENTS``); return it."""
+    event = {"time": round(time.time(), 3), "kind": kind, "slot": slot, "version": version, "detail": detail}
+    state["events"] = (state["events"] + [event])[-MAX_EVENTS:]
+    return event
+
+
+@contextlib.contextmanager
+def engine_lock(engine_dir: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on one engine's folder (released by the kernel on a crash)."""
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: single-process use only
+        yield
+        return
+    with open(str(engine_dir / LOCK_FILE), "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _copy_fsync(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(src), "rb") as fin, open(str(dest), "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def copy_bundle(bundle: Bundle, dest: Path) -> None:
+    """Copy the manifest, its signature and every listed file of ``bundle`` into the new folder ``dest``.
+
+    Every file and every folder is fsynced, so once this returns the copy is durable.
+    """
+    if dest.exists():
+        shutil.rmtree(str(dest))
+    dest.mkdir(parents=True)
+    for rel in [MANIFEST_FILE, SIGNATURE_FILE] + sorted(bundle.manifest.files):
+        _copy_fsync(bundle.path / rel, dest / rel)
+    for dirpath, _dirs, _files in sorted(os.walk(str(dest)), reverse=True):
+        fsync_dir(Path(dirpath))
+    fsync_dir(dest.parent)
+
+
+def swap_in(engine_dir: Path, slot: str, staged: Path, tag: int, crash: Callable[[str], None]) -> None:
+    """Make the fully written folder ``staged`` the content of ``slot``, replacing what was there.
+
+    The old content is renamed aside (``<slot>.old-<tag>``), the staged folder renamed to the slot,
+    and the old content removed. A crash in between leaves only leftovers ``recover`` deletes.
+    """
+    dest, old = engine_dir / slot, engine_dir / ("%s.old-%d" % (slot, tag))
+    if dest.exists():
+        os.rename(str(dest), str(old))
+        fsync_dir(engine_dir)
+        crash("stage:aside")
+    os.rename(str(staged), str(dest))
+    fsync_dir(engine_dir)
+    if old.exists():
+        shutil.rmtree(str(old))
+        fsync_dir(engine_dir)
+
+
+def clear_slot(engine_dir: Path, slot: str) -> None:
+    """Remove the content of ``slot`` (durably); a missing slot folder is fine."""
+    path = engine_dir / slot
+    if path.exists():
+        shutil.rmtree(str(path))
+        fsync_dir(engine_dir)
+
+
+def remove_leftovers(engine_dir: Path) -> List[str]:
+    """Delete temporary folders and files an interrupted operation left behind; return their names."""
+    removed = []
+    for entry in sorted(engine_dir.iterdir()):
+        name = entry.name
+        if ".tmp-" in name or ".old-" in name or (name.startswith(".") and name.endswith(".tmp")):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(str(entry))
+            else:
+                entry.unlink()
+            removed.append(name)
+    if removed:
+        fsync_dir(engine_dir)
+    return removed
+
+
+@dataclass(frozen=True)
+class RollbackCommand:
+    """A signed ground order that lets engine ``engine`` go back to ``version`` once.
+
+    The ed25519 signature (same keys as bundles) covers the canonical JSON of
+    ``{"engine", "issued_at", "nonce", "version"}``: sorted keys, no whitespace, ``issued_at`` in
+    whole UNIX seconds. Build one on the ground with ``create``; send ``to_json()``; read it on
+    board with ``from_json``.
+    """
+
+    engine: str
+    version: int
+    nonce: str
+    issued_at: int
+    key_id: str = ""
+    signature: bytes = b""
+
+    def payload(self) -> bytes:
+        """The exact bytes the signature covers."""
+        body = {"engine": self.engine, "version": self.version, "nonce": self.nonce, "issued_at": self.issued_at}
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def create(cls, engine: str, version: int, private_key_path: Any, nonce: Optional[str] = None,
+               issued_at: Optional[int] = None) -> "RollbackCommand":
+        """Sign a new command with the private key at ``private_key_path`` (a fresh random nonce by default)."""
+        key = load_private_key(private_key_path)
+        cmd = cls(engine, int(version), nonce or uuid.uuid4().hex, int(time.time() if issued_at is None else issued_at))
+        return replace(cmd, key_id=key_id(key.public_key()), signature=key.sign(cmd.payload()))
+
+    def to_json(self) -> str:
+        """Serialize as ``{"command": {...}, "alg": "ed25519", "key_id": ..., "sig": base64}``."""
+        return json.dumps({"command": json.loads(self.payload()), "alg": "ed25519", "key_id": self.key_id,
+                           "sig": base64.b64encode(self.signature).decode("ascii")}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: Any) -> "RollbackCommand":
+        """Parse ``to_json`` output; ``RollbackRefused`` if it is malformed (its signature is checked later)."""
+        try:
+            doc = json.loads(text)
+            cmd, sig = doc["command"], base64.b64decode(doc["sig"], validate=True)
+            fields = (cmd["engine"], cmd["version"], cmd["nonce"], cmd["issued_at"], doc["key_id"])
+            if [type(f) for f in fields] != [str, int, str, int, str] or doc.get("alg") != "ed25519":
+                raise ValueError("wrong field types or alg")
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise RollbackRefused("rollback command is malformed (%s); ask the ground to issue a new one "
+                                  "with RollbackCommand.create." % exc) from None
+        return cls(*fields, signature=sig)
+
+    def verify(self, trusted_keys: Sequence[Any]) -> str:
+        """Check the signature against ``trusted_keys``; return the key id or raise ``RollbackRefused``."""
+        keys = {key_id(k): load_public_key(k) for k in trusted_keys}
+        pub = keys.get(self.key_id)
+        if pub is None:
+            raise RollbackRefused("rollback command for %r v%s is signed with key id %r, which is not trusted here "
+                                  "(trusted: %s); sign it with the ground key." % (self.engine, self.version,
+                                                                                   self.key_id, sorted(keys)))
+        try:
+            pub.verify(self.signature, self.payload())
+        except InvalidSignature:
+            raise RollbackRefused("rollback command for %r v%s has a bad signature: it was altered after signing. "
+                                  "Ask the ground to issue a new one." % (self.engine, self.version)) from None
+        return self.key_id
+
+
+def accept_command(state: Dict[str, Any], command: Any, version: int, trusted_keys: Sequence[Any]) -> None:
+    """Check a rollback command for this engine and ``version`` and record its nonce in ``state``.
+
+    Raises
+    ------
+    RollbackRefused
+        If it is not a command, is badly signed, is for another engine or version, reuses a nonce,
+        or was issued before the last command this engine accepted.
+    """
+    name = state["engine"]
+    if not isinstance(command, RollbackCommand):
+        raise RollbackRefused("engine %r: going to v%d needs a RollbackCommand for it signed by a trusted key "
+                              "(RollbackCommand.from_json(text)); got %s." % (name, version, type(command).__name__))
+    command.verify(trusted_keys)
+    if command.engine != name or command.version != version:
+        raise RollbackRefused("rollback command is for engine %r v%d, not %r v%d; ask for a command for this "
+                              "engine and version." % (command.engine, command.version, name, version))
+    log = state["commands"]
+    if command.nonce in log["nonces"]:
+        raise RollbackRefused("rollback command nonce %s for %r was already used (replay); ask the ground for a "
+                              "new command." % (command.nonce, name))
+    if log["last_issued_at"] is not None and command.issued_at < log["last_issued_at"]:
+        raise RollbackRefused("rollback command for %r was issued at %d, before the last accepted one (%d); it is "
+                              "stale. Ask the ground for a new command." % (name, command.issued_at,
+                                                                             log["last_issued_at"]))
+    log["nonces"] = (log["nonces"] + [command.nonce])[-MAX_NONCES:]
+    log["last_issued_at"] = command.issued_at

@@ -1,0 +1,22 @@
+"""Importing every engines module loads no heavy or GPU library (they load lazily in the backend that needs them)."""
+import subprocess
+import sys
+
+MODULES = ["engines.archive", "engines.build", "engines.bundle", "engines.cli", "engines.compare", "engines.hashing",
+           "engines.manifest", "engines.plan", "engines.signing", "engines.summary", "engines.targets",
+           "engines.runners", "engines.runners.devicebuf", "engines.runners.onnxrt", "engines.runners.reference",
+           "engines.runners.tensorrt"]
+HEAVY = ["torch", "tensorrt", "pycuda", "cuda", "onnxruntime", "onnx"]
+
+
+def test_no_heavy_imports_at_module_level():
+    code = ("import sys\nimport %s\nprint(','.join(m for m in %r if m in sys.modules))" % (", ".join(MODULES), HEAVY))
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().strip() == ""
+
+
+def test_signature_file_names_agree():
+    from engines.bundle import SIGNATURE_FILES
+    from engines.signing import SIGNATURE_FILE
+    assert SIGNATURE_FILES == (SIGNATURE_FILE,)
