@@ -28,7 +28,7 @@ from typing import Any, List, Optional
 import zmq
 
 from engines.bundle import Bundle
-from engines.errors import BundleError, UserError
+from engines.errors import UserError
 from engines.runners import runner_for
 from onboard import exitcodes
 from onboard.counters import DaemonCounters
@@ -62,12 +62,13 @@ class Daemon:
         s = self.settings
         os.makedirs(s.workdir, exist_ok=True)
         try:
-            self.bundle = Bundle.open(s.bundle)
-            self.runner = runner_for(self.bundle, s.backend, intra_op_threads=s.intra_op_threads)
+            self.bundle = self._open_engine()
+            kw = {"intra_op_threads": s.intra_op_threads} if s.backend == "onnxrt" else {}
+            self.runner = runner_for(self.bundle, s.backend, **kw)
             self.runner.activate()
             self.screen = CloudScreen(self.runner, self.bundle.manifest, s.cloud_threshold, s.max_batch)
-        except BundleError as exc:
-            log.error("bundle error: %s", exc)
+        except UserError as exc:                 # BundleError, SignatureError, StoreError, ...
+            log.error("cannot load the engine: %s", exc)
             return exitcodes.BUNDLE
         self.deadletters = DeadLetterLog(os.path.join(s.workdir, "deadletter.sqlite"))
         self.ctx = zmq.Context()
@@ -103,6 +104,18 @@ class Daemon:
             return exitcodes.DRAIN_TIMEOUT
         log.info("drained: %s", {k: stats[k] for k in ("frames_in", "frames_processed", "frames_dropped", "frames_rejected")})
         return exitcodes.OK
+
+    def _open_engine(self) -> Bundle:
+        """The bundle to serve: the store's active engine (after recovery), or a bundle directory."""
+        s = self.settings
+        if s.store_root:
+            from onboard.store import EngineStore
+            store = EngineStore(s.store_root, trusted_keys=s.trusted_keys)
+            actions = store.recover()
+            if actions:
+                log.info("engine store recovery: %s", actions)
+            return store.active(s.engine)
+        return Bundle.open(s.bundle, trusted_keys=s.trusted_keys or None)
 
     def status(self) -> dict:
         """Counters, queue depth, engine and uptime, as sent in status replies and heartbeats."""

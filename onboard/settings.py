@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 from engines.errors import UserError
 from onboard.wire import DEFAULT_MAX_PAYLOAD_BYTES
@@ -19,7 +19,10 @@ class DaemonSettings:
     to ``heartbeat_endpoint``.
     """
 
-    bundle: str = ""
+    bundle: str = ""                      # a bundle directory, or
+    store_root: str = ""                  # an engine store (onboard/store.py) and the engine to serve
+    engine: str = "cloudscreen"
+    trusted_keys: List[str] = field(default_factory=list)  # ed25519 public keys bundles must be signed with
     workdir: str = "satedge-work"
     sensor_endpoint: str = "tcp://127.0.0.1:5555"
     sensor_pattern: str = "pull"          # "pull" (backpressure, lossless) or "sub"
@@ -38,8 +41,11 @@ class DaemonSettings:
 
     def validate(self) -> "DaemonSettings":
         """Check values; raise :class:`UserError` naming the bad key and the fix."""
-        if not self.bundle:
-            raise UserError("settings: 'bundle' is empty; set it to the engine bundle directory to run")
+        if not self.bundle and not self.store_root:
+            raise UserError("settings: neither 'bundle' nor 'store_root' is set; set 'bundle' to an engine bundle "
+                            "directory, or 'store_root' and 'engine' to serve the active engine of a store")
+        if self.store_root and not self.trusted_keys:
+            raise UserError("settings: 'store_root' needs 'trusted_keys' (public keys from `satedge keys gen`)")
         if self.sensor_pattern not in ("pull", "sub"):
             raise UserError(f"settings: sensor_pattern {self.sensor_pattern!r} is not 'pull' or 'sub'")
         if not 0.0 <= self.cloud_threshold <= 1.0:
@@ -59,8 +65,10 @@ class DaemonSettings:
         values = {}
         for name, value in data.items():
             default = known[name].default
+            if default is dataclasses.MISSING:          # list fields
+                default = known[name].default_factory()
             try:
-                values[name] = type(default)(value) if default is not None and not isinstance(value, type(default)) else value
+                values[name] = value if isinstance(value, type(default)) else type(default)(value)
             except (TypeError, ValueError):
                 raise UserError(f"settings: {name} must be {type(default).__name__}; got {value!r}") from None
         return cls(**values).validate()

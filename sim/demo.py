@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any, Dict, Optional
@@ -50,8 +51,12 @@ def run_demo(out_dir: str, *, quick: bool = False, seed: int = 0, frames: Option
     ground = build_cloud_screen(os.path.join(out_dir, "ground"), quick=quick, seed=seed, progress=progress)
     _stage(f"ground: done (FP32 accuracy {ground.fp32_accuracy:.4f}, INT8 {ground.int8_accuracy:.4f})", t0)
 
+    store_root, public_key, report = install_through_store(ground.int8_bundle, out_dir)
+    _stage(f"onboard: engine store installed {report.engine} v{report.version} in slot {report.slot} "
+           f"({' -> '.join(report.phases)}; canary max error {report.canary_max_abs_error or 0:.2g})", t0)
     settings = DaemonSettings(
-        bundle=str(ground.int8_bundle), workdir=os.path.join(out_dir, "daemon"),
+        store_root=store_root, engine=report.engine, trusted_keys=[public_key],
+        workdir=os.path.join(out_dir, "daemon"),
         sensor_endpoint=free_tcp_endpoint(), results_endpoint=free_tcp_endpoint(),
         control_endpoint=free_tcp_endpoint(), heartbeat_endpoint=free_tcp_endpoint(),
     ).validate()
@@ -93,6 +98,27 @@ def run_demo(out_dir: str, *, quick: bool = False, seed: int = 0, frames: Option
     summary = _summarise(ground, stats, received, sent, time.time() - t0, quick)
     _stage("done", t0)
     return summary
+
+
+def install_through_store(bundle_dir, out_dir: str):
+    """Sign the bundle with a fresh demo key and install it into an onboard engine store.
+
+    Returns ``(store_root, public_key_path, InstallReport)``; raises :class:`UserError` when the
+    store refuses the bundle or its canary fails.
+    """
+    from engines.signing import generate_keypair, sign_bundle
+    from onboard.store import EngineStore
+    keys = os.path.join(out_dir, "keys")
+    private, public = (os.path.join(keys, "demo.key"), os.path.join(keys, "demo.pub"))
+    if not os.path.exists(private):
+        private, public = generate_keypair(keys, name="demo")
+    sign_bundle(bundle_dir, private)
+    store_root = os.path.join(out_dir, "store")
+    shutil.rmtree(store_root, ignore_errors=True)     # each demo run is a fresh satellite
+    report = EngineStore(store_root, trusted_keys=[public]).install(bundle_dir)
+    if not report.ok and report.outcome != "already-active":
+        raise UserError(f"the engine store refused the demo bundle: {report.reason}")
+    return store_root, str(public), report
 
 
 def _wait_accounted(endpoint: str, expected: int, daemon: DaemonProcess, timeout: float = 300.0) -> Dict[str, Any]:

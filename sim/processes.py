@@ -47,7 +47,8 @@ class ManagedProcess:
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the process log."""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         with open(self.log_path, "rb") as fh:
             return b"\n".join(fh.read().splitlines()[-lines:]).decode(errors="replace")
 

@@ -112,3 +112,33 @@ def test_control_replies_ok_or_error(daemon):
     assert client.request("shutdown")["ok"] is True
     assert daemon.wait(timeout=30) == 0
     client.close()
+
+
+def test_daemon_serves_the_store_engine_and_refuses_an_untrusted_bundle(tiny_bundle, tmp_path):
+    import shutil
+    from engines.signing import generate_keypair, sign_bundle
+    from onboard.settings import DaemonSettings
+    from onboard.store import EngineStore
+    from sim.processes import DaemonProcess, free_tcp_endpoint
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    private, public = generate_keypair(tmp_path / "keys")
+    _, other_public = generate_keypair(tmp_path / "other")
+    sign_bundle(bundle, private)
+    assert EngineStore(tmp_path / "store", trusted_keys=[public]).install(bundle).ok
+
+    def settings(**kw):
+        return DaemonSettings(workdir=str(tmp_path / f"w{len(kw)}"), sensor_endpoint=free_tcp_endpoint(),
+                              results_endpoint=free_tcp_endpoint(), control_endpoint=free_tcp_endpoint(),
+                              heartbeat_endpoint=free_tcp_endpoint(), intra_op_threads=1, **kw).validate()
+
+    good = DaemonProcess(settings(store_root=str(tmp_path / "store"), engine="cloudscreen",
+                                  trusted_keys=[str(public)]), str(tmp_path / "good.yaml"))
+    good.wait_ready(60)
+    client = ControlClient(good.settings.control_endpoint)
+    assert client.status()["engine"] == {"name": "cloudscreen", "version": 1, "precision": "fp32"}
+    client.close()
+    assert good.stop() == 0
+    bad = DaemonProcess(settings(bundle=str(bundle), trusted_keys=[str(other_public)]), str(tmp_path / "bad.yaml"))
+    assert bad.wait(timeout=60) == 3                              # exitcodes.BUNDLE
+    assert "not trusted" in bad.log_tail() or "trusted" in bad.log_tail()
