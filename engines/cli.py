@@ -22,9 +22,12 @@ def add_parsers(subparsers) -> None:
     """Add the ``keys`` and ``engines`` sides and their verbs to the top-level parser."""
     keys = subparsers.add_parser("keys", help="ed25519 signing keys for engine bundles")
     kverbs = keys.add_subparsers(dest="verb", metavar="<verb>", required=True)
-    gen = kverbs.add_parser("gen", help="create a key pair: NAME.key (private, 0600) and NAME.pub")
+    gen = kverbs.add_parser("gen", help="create a key pair: NAME.key (private, 0600) and NAME.pub; with --curve "
+                            "a control-channel pair NAME.curve.key (secret, 0600) and NAME.curve.pub instead")
     gen.add_argument("--out", required=True, help="directory for the two files")
     gen.add_argument("--name", default="satedge", help="file stem (default: satedge)")
+    gen.add_argument("--curve", action="store_true", help="write a CurveZMQ (Curve25519) pair for the daemon's "
+                     "control channel instead of an ed25519 bundle-signing pair (docs/protocol.md, Control channel)")
     gen.set_defaults(func=_keys_gen)
 
     side = subparsers.add_parser("engines", help="engine bundles: pack, sign, verify, build, compare")
@@ -116,7 +119,36 @@ def _signer(bundle) -> Optional[str]:
         return "(malformed manifest.sig)"
 
 
+def _write_curve_keypair(directory: str, name: str):
+    """Write ``NAME.curve.key`` (0600) and ``NAME.curve.pub``: one Z85 line each (docs/protocol.md, Control channel).
+
+    ``onboard.curve`` reads these files; engines cannot import onboard, so the few lines live here too.
+    """
+    import os
+
+    import zmq
+    if not name or "/" in name or name.startswith("."):
+        raise UserError("key name %r is not a plain file stem; use e.g. 'daemon' or 'ops-alice'." % (name,))
+    out = Path(directory)
+    secret_path, public_path = out / (name + ".curve.key"), out / (name + ".curve.pub")
+    for path in (secret_path, public_path):
+        if path.exists():
+            raise UserError("%s already exists; keys are never overwritten. Choose another --name or directory, "
+                            "or delete the old pair on purpose." % path)
+    out.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.curve_keypair()
+    with os.fdopen(os.open(str(secret_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
+        fh.write(secret + b"\n")
+    public_path.write_bytes(public + b"\n")
+    return secret_path, public_path, public.decode("ascii")
+
+
 def _keys_gen(args) -> int:
+    if getattr(args, "curve", False):
+        secret, public, z85 = _write_curve_keypair(args.out, args.name)
+        print("curve secret key %s (keep it where it is used: the daemon, or this operator)\n"
+              "curve public key %s\nZ85 public key   %s" % (secret, public, z85))
+        return 0
     from engines.signing import generate_keypair, key_id
     priv, pub = generate_keypair(args.out, name=args.name)
     print("private key %s (keep it on the ground)\npublic key  %s\nkey id      %s" % (priv, pub, key_id(pub)))
