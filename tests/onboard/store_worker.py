@@ -2,8 +2,8 @@
 
 Usage: ``python store_worker.py STORE_ROOT BUNDLE_DIR PUBLIC_KEY``. The parent sets
 ``SATEDGE_STORE_CRASH_AT=<phase>:<before|after>`` so that the store SIGKILLs this process at that
-point (``onboard.store._crash_point``); the exit status is then -9 as seen by the parent. Without
-the variable it prints the install outcome and exits 0 on success, 1 otherwise.
+point (``onboard.store_install._crash_point``); the exit status is then -9 as seen by the parent.
+Without the variable it prints the install outcome and exits 0 on success, 1 otherwise.
 """
 import os
 import sys
