@@ -20,6 +20,7 @@ from onboard.settings import DaemonSettings
 from sim.badframes import KINDS
 from sim.processes import DaemonProcess, ManagedProcess, free_tcp_endpoint
 
+DEMO_MAX_PAYLOAD = 16 * 1024 * 1024     # a 256x256 6-band frame is 0.75 MiB
 QUICK_FRAMES = 12
 FULL_FRAMES = 60
 
@@ -56,7 +57,7 @@ def run_demo(out_dir: str, *, quick: bool = False, seed: int = 0, frames: Option
            f"({' -> '.join(report.phases)}; canary max error {report.canary_max_abs_error or 0:.2g})", t0)
     settings = DaemonSettings(
         store_root=store_root, engine=report.engine, trusted_keys=[public_key],
-        workdir=os.path.join(out_dir, "daemon"),
+        workdir=os.path.join(out_dir, "daemon"), max_payload_bytes=DEMO_MAX_PAYLOAD,
         sensor_endpoint=free_tcp_endpoint(), results_endpoint=free_tcp_endpoint(),
         control_endpoint=free_tcp_endpoint(), heartbeat_endpoint=free_tcp_endpoint(),
     ).validate()
@@ -72,7 +73,8 @@ def run_demo(out_dir: str, *, quick: bool = False, seed: int = 0, frames: Option
         sent_path = os.path.join(out_dir, "sensor.json")
         sensor = ManagedProcess("sensor", [sys.executable, "-m", "sim.sensor", "--endpoint", settings.sensor_endpoint,
                                            "--frames", str(frames), "--seed", str(10_000 + seed), "--out", sent_path,
-                                           "--bad", ",".join(KINDS) if bad else ""],
+                                           "--bad", ",".join(KINDS) if bad else "",
+                                           "--oversize-bytes", str(DEMO_MAX_PAYLOAD + 1024)],
                                 os.path.join(out_dir, "sensor.log"))
         _stage(f"sim: sensor emulator streaming {frames} frames" + (f" + {len(KINDS)} malformed" if bad else ""), t0)
         if sensor.wait(timeout=600) != 0:

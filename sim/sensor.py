@@ -33,7 +33,8 @@ class SensorEmulator:
 
     def __init__(self, endpoint: str, stream: str = "msi", pattern: str = "push",
                  ctx: Optional[zmq.Context] = None):
-        self.ctx = ctx or zmq.Context.instance()
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.PUSH if pattern == "push" else zmq.PUB)
         self.sock.setsockopt(zmq.SNDHWM, 16)
         self.sock.connect(endpoint)
@@ -50,18 +51,24 @@ class SensorEmulator:
         self.sent_good += 1
         self.truth.append({"frame_id": frame_id, "seed": seed, "cloud_fraction": float(scene.cloud_fraction)})
 
-    def send_bad(self, kind: str, frame_id: int) -> None:
+    def send_bad(self, kind: str, frame_id: int, oversize_bytes: int = 80 * 1024 * 1024) -> None:
         """Send one malformed message of ``kind`` (see :data:`sim.badframes.KINDS`)."""
-        self.sock.send_multipart(bad_frame(kind, frame_id=frame_id))
+        self.sock.send_multipart(bad_frame(kind, frame_id=frame_id, oversize_bytes=oversize_bytes))
         self.sent_bad[kind] = self.sent_bad.get(kind, 0) + 1
 
-    def close(self, linger_ms: int = 10000) -> None:
-        """Flush what is queued (up to ``linger_ms``) and close."""
+    def close(self, linger_ms: int = 60000) -> None:
+        """Flush what is queued (waiting up to ``linger_ms`` for the daemon to take it) and close.
+
+        The context is terminated too when the emulator owns it: without that, messages still
+        queued when the process exits would be lost.
+        """
         self.sock.close(linger=linger_ms)
+        if self._own_ctx:
+            self.ctx.term()
 
 
 def run(endpoint: str, frames: int, *, seed: int = 1000, size: int = 256, rate_hz: float = 0.0,
-        bad: Sequence[str] = (), stream: str = "msi") -> Dict[str, Any]:
+        bad: Sequence[str] = (), stream: str = "msi", oversize_bytes: int = 80 * 1024 * 1024) -> Dict[str, Any]:
     """Send ``frames`` good frames (and the ``bad`` kinds spread among them); return what was sent."""
     emu = SensorEmulator(endpoint, stream)
     bad = list(bad)
@@ -69,12 +76,12 @@ def run(endpoint: str, frames: int, *, seed: int = 1000, size: int = 256, rate_h
     t0 = time.time()
     for i in range(frames):
         if bad and i > 0 and i % every == 0:
-            emu.send_bad(bad.pop(0), frame_id=10_000_000 + i)
+            emu.send_bad(bad.pop(0), frame_id=10_000_000 + i, oversize_bytes=oversize_bytes)
         emu.send_scene(i, seed + i, size)
         if rate_hz > 0:
             time.sleep(max(0.0, t0 + (i + 1) / rate_hz - time.time()))
     for kind in bad:
-        emu.send_bad(kind, frame_id=10_000_000 + frames)
+        emu.send_bad(kind, frame_id=10_000_000 + frames, oversize_bytes=oversize_bytes)
     emu.close()
     return {"sent_good": emu.sent_good, "sent_bad": emu.sent_bad,
             "sent_total": emu.sent_good + sum(emu.sent_bad.values()), "truth": emu.truth,
@@ -90,10 +97,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--rate", type=float, default=0.0, help="frames per second (0: as fast as the daemon takes them)")
     p.add_argument("--bad", default="", help="comma-separated malformed kinds to mix in")
+    p.add_argument("--oversize-bytes", type=int, default=80 * 1024 * 1024,
+                   help="payload size of the 'oversized' malformed kind (above the daemon's max_payload_bytes)")
     p.add_argument("--out", required=True, help="JSON file describing what was sent")
     a = p.parse_args(argv)
     sent = run(a.endpoint, a.frames, seed=a.seed, size=a.size, rate_hz=a.rate,
-               bad=[k for k in a.bad.split(",") if k])
+               bad=[k for k in a.bad.split(",") if k], oversize_bytes=a.oversize_bytes)
     with open(a.out, "w") as fh:
         json.dump(sent, fh, indent=2)
     return 0
