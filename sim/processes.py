@@ -27,6 +27,15 @@ def _python_env() -> dict:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to send SIGTERM when the parent dies (no orphans)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass                                        # not Linux: children may outlive a killed parent
+
+
 class ManagedProcess:
     """A child process with its log file; :meth:`stop` sends SIGTERM and waits."""
 
@@ -34,7 +43,8 @@ class ManagedProcess:
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=_python_env())
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=_python_env(),
+                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
     @property
     def pid(self) -> int:
