@@ -22,7 +22,7 @@ import numpy as np
 from engines.errors import UserError
 
 PROTOCOL_VERSION = 1
-MESSAGE_TYPES = ("frame", "result", "command", "reply", "heartbeat")
+MESSAGE_TYPES = ("frame", "result", "command", "reply", "heartbeat", "transfer", "ack")
 FRAME_DTYPES = ("uint8", "uint16", "float32")
 MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -235,6 +235,11 @@ def make_reply(request: Mapping[str, Any] | None, ok: bool, code: str | None = N
 def make_command(cmd: str, **args: Any) -> List[Any]:
     """Encode a control command (``status``, ``shutdown``, ...)."""
     return encode("command", {"cmd": cmd, "args": args})
+
+
+def make_ack(ids: Sequence[str], **fields: Any) -> List[Any]:
+    """Encode an ``ack`` (ground -> daemon ``ack_endpoint``): the result ids received, duplicates included."""
+    return encode("ack", {"ids": [str(i) for i in ids], **fields})
 
 
 def _field(header: Mapping[str, Any], name: str, kind: type) -> Any:
