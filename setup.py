@@ -1,5 +1,5 @@
 """satedge: an onboard satellite edge-computing runtime."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ONBOARD = ["numpy>=1.22", "pyzmq>=24", "msgpack>=1.0", "onnxruntime>=1.16", "cryptography>=41", "pyyaml>=6"]
 GROUND = ["torch>=2.1", "onnx>=1.15", "onnxscript>=0.1", "tifffile>=2023.1", "imagecodecs>=2023.1", "tqdm>=4.60"]
@@ -13,13 +13,10 @@ setup(
     description="Onboard satellite edge-computing runtime: ground training and compression, "
     "signed engine bundles, an onboard daemon over ZeroMQ, and a constellation simulator.",
     python_requires=">=3.8",
-    packages=[
-        "engines", "engines.runners",
-        "onboard",
-        "ground", "ground.data", "ground.models",
-        "sim",
-    ],
+    packages=find_packages(include=["engines", "engines.*", "onboard", "onboard.*", "ground", "ground.*",
+                                    "sim", "sim.*"]),
     py_modules=["satedge_cli"],
+    package_data={"engines": ["profiles/*.json"], "sim": ["scenarios/*.yaml"]},
     install_requires=["numpy>=1.22", "msgpack>=1.0", "pyzmq>=24"],
     extras_require={"onboard": ONBOARD, "ground": GROUND, "sim": SIM, "jetson": JETSON, "dev": DEV},
     entry_points={"console_scripts": ["satedge=satedge_cli:main"]},

@@ -30,6 +30,9 @@ def add_parsers(subparsers) -> None:
                      "control channel instead of an ed25519 bundle-signing pair (docs/protocol.md, Control channel)")
     gen.set_defaults(func=_keys_gen)
 
+    from engines.flash import add_flash_parser
+    add_flash_parser(subparsers)
+
     side = subparsers.add_parser("engines", help="engine bundles: pack, sign, verify, build, compare")
     verbs = side.add_subparsers(dest="verb", metavar="<verb>", required=True)
     pack = verbs.add_parser("pack", help="make a bundle from an ONNX model, or a tar from a bundle directory")

@@ -21,6 +21,9 @@ def add_parsers(subparsers) -> None:
     stop.add_argument("--control", default="tcp://127.0.0.1:5557")
     stop.set_defaults(func=_shutdown)
 
+    from onboard.doctor import add_doctor_parser
+    add_doctor_parser(verbs)
+
     codes = verbs.add_parser("exit-codes", help="what each exit code of the daemon means")
     codes.set_defaults(func=_exit_codes)
 

@@ -1,45 +1,53 @@
-"""The onboard daemon: sensor frames in over ZeroMQ, cloud screening, results out.
+"""The onboard daemon: sensor frames in over ZeroMQ, per-stream engine pipelines, durable results out.
 
-Threads, each owning its own sockets (ZeroMQ sockets are not thread-safe):
+Stages, each a thread watched by the health monitor (:mod:`onboard.health`) and owning its sockets
+(ZeroMQ sockets are not thread-safe):
 
-* ingest: receives on the sensor socket, validates (:mod:`onboard.wire`), rejects bad input
-  into the dead-letter log with its reason, and queues good frames (a bounded queue: when it
-  is full, ingest stops reading and ZeroMQ's high-water mark pushes back on the sensor);
-* worker: screens queued frames with the engine and sends results;
-* control: answers ``status``/``ping``/``shutdown`` on a ROUTER socket and publishes heartbeats,
-  so a shutdown never queues behind work.
+* ``ingest`` (:mod:`onboard.ingest`): reads and validates frames, dead-letters bad input, offers
+  good frames to the scheduler (priority classes, deadlines, bounded queues, backpressure);
+* ``worker`` (:mod:`onboard.worker`): dynamic batches through the stream's stage DAG
+  (:mod:`onboard.pipeline`) with the engine variant the power policy chose;
+* ``outbox`` (:class:`onboard.worker.OutboxWriter`) and ``downlink`` (:mod:`onboard.downlink`):
+  results committed to SQLite, sent in priority order, re-sent until the ground acknowledges them;
+* ``governor`` (:mod:`onboard.governor`): telemetry -> power policy -> variant and deferral;
+* ``control`` (:mod:`onboard.commands`): authenticated commands and heartbeats, so a shutdown
+  never queues behind work.
 
-SIGTERM or a ``shutdown`` command drains: ingest reads what is already waiting on the socket,
-the worker finishes every queued frame, results are flushed, and the process exits 0.
+SIGTERM, SIGINT or ``shutdown`` drains: ingest reads what is already waiting, every accepted frame
+is processed, every result committed and sent (with acks: acknowledged, or left in the outbox for
+the next start), ``stats.json`` is written, and the process exits 0 (other codes: ``exitcodes``).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
 import time
 import traceback
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import zmq
 
-from engines.bundle import Bundle
 from engines.errors import UserError
-from engines.runners import runner_for
 from onboard import exitcodes
+from onboard.commands import CommandHandler, control_stage
 from onboard.counters import DaemonCounters
 from onboard.deadletter import DeadLetterLog
-from onboard.screening import CloudScreen
-from onboard.settings import DaemonSettings
-from onboard.wire import (Frame, ShapeMismatch, WireError, decode, encode, make_reply, parse_frame)
+from onboard.downlink import Downlink
+from onboard.engineset import EngineSet
+from onboard.governor import Governor
+from onboard.health import HealthMonitor, RestartCounter, Stage
+from onboard.ingest import Ingest
+from onboard.outbox import Outbox
+from onboard.pipeline import Pipeline, streams_of
+from onboard.scheduler import Scheduler
+from onboard.settings import DaemonSettings, stall_timeout
+from onboard.worker import OutboxWriter, Worker
 
 log = logging.getLogger("satedge.onboard")
-_SENTINEL = object()
-POLL_MS = 100
 
 
 class Daemon:
@@ -48,230 +56,226 @@ class Daemon:
     def __init__(self, settings: DaemonSettings):
         self.settings = settings
         self.counters = DaemonCounters()
-        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=settings.queue_size)
-        self._stop = threading.Event()          # shutdown requested
-        self._ingest_done = threading.Event()
-        self._worker_done = threading.Event()
+        self.stop = threading.Event()           # drain requested
+        self.finished = threading.Event()       # everything drained and downlinked
         self._started = time.time()
-        self._unsent = 0
+        self.store: Any = None
         self.ctx: Optional[zmq.Context] = None
+        self._initial: Dict[str, Any] = {}
+        self._ready = self._signalled = False
+        self.restarts: Any = None
 
     # ----------------------------------------------------------------------------- lifecycle
     def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT or a shutdown command, drain, and return the exit code."""
-        s = self.settings
+        s, h = self.settings, self.settings.health
         os.makedirs(s.workdir, exist_ok=True)
+        self.restarts = RestartCounter(os.path.join(s.workdir, "health.json"))
+        self.restarts.boot()
+        recent = self.restarts.recent(h.restart_window_s)
+        if len(recent) >= h.max_daemon_restarts:
+            log.critical("%d restarts within %.0f s (limit %d): refusing to start; last: %s. See "
+                         "`satedge onboard exit-codes`.", len(recent), h.restart_window_s, h.max_daemon_restarts,
+                         recent[-1]["reason"])
+            self.restarts.clean_exit()
+            return exitcodes.RESTART_LIMIT
         try:
-            self.bundle = self._open_engine()
-            kw = {"intra_op_threads": s.intra_op_threads} if s.backend == "onnxrt" else {}
-            self.runner = runner_for(self.bundle, s.backend, **kw)
-            self.runner.activate()
-            self.screen = CloudScreen(self.runner, self.bundle.manifest, s.cloud_threshold, s.max_batch)
-        except UserError as exc:                 # BundleError, SignatureError, StoreError, ...
-            log.error("cannot load the engine: %s", exc)
+            code = self._serve()
+        except Exception:
+            log.error("internal error:\n%s", traceback.format_exc())
+            code = exitcodes.INTERNAL
+        self.restarts.clean_exit()
+        return code
+
+    def _setup(self) -> Optional[int]:
+        """Engines, pipelines, outbox, policy; an exit code when one of them cannot start."""
+        s = self.settings
+        self.scheduler = Scheduler(s.scheduler.capacities, s.scheduler.total_capacity or None,
+                                   on_shed=lambda item, reason: self.counters.dropped(reason))
+        try:
+            if s.store_root:
+                from onboard.store import EngineStore
+                self.store = EngineStore(s.store_root, trusted_keys=s.trusted_keys)
+                actions = self.store.recover()
+                if any(actions.values()):
+                    log.info("engine store recovery: %s", actions)
+            self.engines = EngineSet(s, self.store)
+            self.pipelines = {name: Pipeline(name, st, self.engines, s.max_batch)
+                              for name, st in streams_of(s).items()}
+        except UserError as exc:                 # BundleError, SignatureError, StoreError, bad pipeline ...
+            log.error("cannot load the engines: %s", exc)
             return exitcodes.BUNDLE
+        try:
+            self.outbox = Outbox(os.path.join(s.workdir, "outbox.sqlite"))
+        except UserError as exc:
+            log.error("%s", exc)
+            return exitcodes.OUTBOX
+        try:
+            self.governor = Governor(s, lambda: {"depth": [c["queued"] for c in self.scheduler.stats()["classes"]]})
+        except UserError as exc:
+            log.error("telemetry: %s", exc)
+            return exitcodes.TELEMETRY
+        return None
+
+    def _serve(self) -> int:
+        s = self.settings
+        code = self._setup()
+        if code is not None:
+            return code
         self.deadletters = DeadLetterLog(os.path.join(s.workdir, "deadletter.sqlite"))
+        self.handler = CommandHandler(self)
         self.ctx = zmq.Context()
         try:
-            sensor, results, control, heartbeat = self._bind_sockets()
-        except zmq.ZMQError as exc:
+            for name in ("sensor", "results", "acks", "heartbeat", "control"):
+                if name != "acks" or s.ack_endpoint:
+                    self._initial[name] = self._make(name)
+        except (zmq.ZMQError, UserError) as exc:
             log.error("cannot bind: %s", exc)
+            for sock in self._initial.values():
+                sock.close()
             self.ctx.destroy(linger=0)
             return exitcodes.BIND_FAILED
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self._stop.set())
-        threads = [threading.Thread(target=self._guard, args=(fn, sock), name=fn.__name__, daemon=True)
-                   for fn, sock in ((self._ingest, sensor), (self._work, results), (self._control, (control, heartbeat)))]
-        for t in threads:
-            t.start()
-        log.info("serving %s v%s (%s) on %s", self.bundle.manifest.name, self.bundle.manifest.version,
-                 self.bundle.manifest.precision, s.sensor_endpoint)
+            signal.signal(sig, self._on_signal)
+        self._start_stages()
         self._write_ready()
-        while not self._stop.wait(0.2):
-            pass
-        log.info("shutdown requested: draining")
-        deadline = time.time() + s.drain_timeout_s
-        for t in threads:
-            t.join(max(0.1, deadline - time.time()))
-        self.runner.deactivate()
+        log.info("serving %s on %s", self.engines.describe(), s.sensor_endpoint)
+        return self._supervise()
+
+    def _start_stages(self) -> None:
+        s = self.settings
+        self.ingest = Ingest(s, self.pipelines, self.scheduler, self.counters, self.deadletters, self.governor)
+        self.downlink = Downlink(s, self.outbox, self.counters)
+        self.writer = OutboxWriter(self.outbox, self.scheduler, self.counters, s.queue_size, self.downlink)
+        self.worker = Worker(s, self.scheduler, self.pipelines, self.engines, self.governor, self.writer, self.ingest)
+        self.ingest.work_ready = self.worker.work_ready
+        self.monitor = HealthMonitor(s.health.max_stage_restarts)
+
+        def downlink(ctx):
+            self.downlink.run(ctx, self.socket("results"), self.socket("acks") if s.ack_endpoint else None)
+            self.finished.set()
+
+        def writer(ctx):
+            self.writer.run(ctx)
+            self.downlink.writer_done.set()
+
+        bodies = [("ingest", lambda ctx: self.ingest.run(ctx, self.socket("sensor")), False, None),
+                  ("worker", self.worker.run, True, self.worker.release),
+                  ("outbox", writer, True, lambda items, why: self.writer.release(items, "stage_restart")),
+                  ("downlink", downlink, False, None),
+                  ("governor", self.governor.run, True, None),
+                  ("control", control_stage(self), False, None)]
+        for name, body, on_stall, on_abandon in bodies:
+            self.monitor.add(Stage(name, body, self.stop, stall_timeout(s.health, name), on_stall, on_abandon))
+
+    def _supervise(self) -> int:
+        """Health checks until everything is drained; then close down and pick the exit code."""
+        s = self.settings
+        deadline = None
+        while not self.finished.wait(s.health.check_interval_s):
+            if self._signalled:
+                self.stop.set()
+            problem = self.monitor.check()
+            if problem:
+                self._escalate(problem)
+            if self.stop.is_set():
+                deadline = deadline or time.time() + s.drain_timeout_s + s.outbox.drain_ack_s + 5.0
+                if time.time() > deadline:
+                    break
+        log.info("shutdown requested: drained" if self.finished.is_set() else "drain timed out")
+        self.finished.set()
+        self.monitor.stages["control"].thread.join(2.0)
+        self.engines.close()
+        self.governor.close()
         stats = self.status()
-        with open(os.path.join(s.workdir, "stats.json"), "w") as fh:
-            json.dump(stats, fh, indent=2)
+        self._write_stats(stats)
         self.deadletters.close()
+        self.outbox.close()
         self.ctx.destroy(linger=0)
-        if any(t.is_alive() for t in threads) or self._unsent:
-            log.error("drain timed out: %d result(s) unsent, %d frame(s) in flight", self._unsent, stats["in_flight"])
+        if self.downlink.unsent or stats["in_flight"]:
+            log.error("drain timed out: %d result(s) unsent (kept in the outbox), %d frame(s) in flight",
+                      self.downlink.unsent, stats["in_flight"])
             return exitcodes.DRAIN_TIMEOUT
-        log.info("drained: %s", {k: stats[k] for k in ("frames_in", "frames_processed", "frames_dropped", "frames_rejected")})
+        log.info("drained: %s", {k: stats[k] for k in ("frames_in", "frames_processed", "frames_dropped",
+                                                        "frames_rejected")})
         return exitcodes.OK
 
-    def _open_engine(self) -> Bundle:
-        """The bundle to serve: the store's active engine (after recovery), or a bundle directory."""
-        s = self.settings
-        if s.store_root:
-            from onboard.store import EngineStore
-            store = EngineStore(s.store_root, trusted_keys=s.trusted_keys)
-            actions = store.recover()
-            if actions:
-                log.info("engine store recovery: %s", actions)
-            return store.active(s.engine)
-        return Bundle.open(s.bundle, trusted_keys=s.trusted_keys or None)
+    def _on_signal(self, *_: Any) -> None:
+        """SIGTERM/SIGINT: only a flag (a handler calling Event.set could deadlock on a second signal)."""
+        self._signalled = True
 
-    def status(self) -> dict:
-        """Counters, queue depth, engine and uptime, as sent in status replies and heartbeats."""
-        snap = self.counters.snapshot()
-        snap.update(queue_depth=self._queue.qsize(), uptime_s=round(time.time() - self._started, 3),
-                    draining=self._stop.is_set(), dead_letters=self.settings.workdir + "/deadletter.sqlite",
-                    engine={"name": self.bundle.manifest.name, "version": self.bundle.manifest.version,
-                            "precision": self.bundle.manifest.precision})
-        return snap
+    def _escalate(self, problem: str) -> None:
+        """A stage cannot be repaired in place: count it, leave a trace, and exit for the supervisor."""
+        log.critical("health: %s; exiting with code %d so that the supervisor restarts the daemon",
+                     problem, exitcodes.HEALTH_RESTART)
+        self.restarts.record(problem)
+        try:
+            self._write_stats(self.status())
+        finally:
+            logging.shutdown()
+            os._exit(exitcodes.HEALTH_RESTART)
 
-    def _bind_sockets(self):
+    # ----------------------------------------------------------------------------- sockets
+    def _make(self, name: str):
+        """Create and bind one of the daemon's sockets (again after its stage restarted)."""
         s = self.settings
-        if s.sensor_pattern == "sub":
-            sensor = self.ctx.socket(zmq.SUB)
-            sensor.setsockopt(zmq.SUBSCRIBE, b"")
-        else:
-            sensor = self.ctx.socket(zmq.PULL)
-        sensor.setsockopt(zmq.RCVHWM, 16)
-        sensor.bind(s.sensor_endpoint)
-        results = self.ctx.socket(zmq.PUSH)
-        results.setsockopt(zmq.SNDHWM, 10000)
-        results.setsockopt(zmq.SNDTIMEO, 200)
-        results.bind(s.results_endpoint)
-        control = self.ctx.socket(zmq.ROUTER)
-        control.bind(s.control_endpoint)
-        heartbeat = self.ctx.socket(zmq.PUB)
-        heartbeat.bind(s.heartbeat_endpoint)
-        return sensor, results, control, heartbeat
+        if name == "control":
+            from onboard.control_server import ControlServer
+            keyed = bool(s.control_secret_key)
+            return ControlServer(None, s.control_endpoint, handler=self.handler,
+                                 server_secret_key=s.control_secret_key or None,
+                                 authorized_client_keys=s.control_authorized_keys if keyed else (),
+                                 state_path=os.path.join(s.workdir, "control_state.json"), insecure=not keyed)
+        kind, endpoint, opts = {
+            "sensor": (zmq.SUB if s.sensor_pattern == "sub" else zmq.PULL, s.sensor_endpoint, {zmq.RCVHWM: 16}),
+            "results": (zmq.PUSH, s.results_endpoint, {zmq.SNDHWM: 64, zmq.SNDTIMEO: 200}),
+            "acks": (zmq.PULL, s.ack_endpoint, {}),
+            "heartbeat": (zmq.PUB, s.heartbeat_endpoint, {}),
+        }[name]
+        sock = self.ctx.socket(kind)
+        for opt, value in opts.items():
+            sock.setsockopt(opt, value)
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        for attempt in range(40):                # a socket closed by a dead stage frees its port asynchronously
+            try:
+                sock.bind(endpoint)
+                return sock
+            except zmq.ZMQError:
+                if not self._ready or attempt == 39:
+                    sock.close(linger=0)
+                    raise
+                time.sleep(0.05)
+
+    def socket(self, name: str):
+        """The socket (or control server) ``name`` bound at start-up, or a new one after its stage restarted."""
+        return self._initial.pop(name, None) or self._make(name)
 
     def _write_ready(self) -> None:
+        self._ready = True
         with open(os.path.join(self.settings.workdir, "ready"), "w") as fh:
             fh.write(str(os.getpid()))
 
-    def _guard(self, fn, sockets) -> None:
-        """Run a thread body; an internal bug stops the daemon cleanly instead of hanging it."""
-        try:
-            fn(sockets)
-        except Exception:
-            log.error("internal error in %s:\n%s", fn.__name__, traceback.format_exc())
-            self._stop.set()
+    def _write_stats(self, stats: Dict[str, Any]) -> None:
+        with open(os.path.join(self.settings.workdir, "stats.json"), "w") as fh:
+            json.dump(stats, fh, indent=2, default=str)
 
-    # ----------------------------------------------------------------------------- threads
-    def _ingest(self, sock: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        while True:
-            if not poller.poll(POLL_MS):
-                if self._stop.is_set():
-                    break                       # nothing more waiting: drained
-                continue
-            parts = sock.recv_multipart(copy=False)
-            self.counters.received()
-            try:
-                frame = self._accept(parts)
-            except WireError as exc:
-                self.counters.rejected(exc.code)
-                self.deadletters.add(exc.code, str(exc), parts)
-                log.warning("rejected message (%s): %s", exc.code, exc)
-                continue
-            while True:
-                try:
-                    self._queue.put((frame, time.time()), timeout=0.1)
-                    break
-                except queue.Full:
-                    continue                    # backpressure: stop reading until the worker catches up
-        self._queue.put(_SENTINEL)
-        sock.close(linger=0)
-
-    def _accept(self, parts: List[Any]) -> Frame:
-        frame = parse_frame(decode(parts), self.settings.max_payload_bytes)
-        if frame.data.shape[0] != self.screen.bands:
-            raise ShapeMismatch(f"frame has {frame.data.shape[0]} bands; the engine "
-                                f"{self.bundle.manifest.name!r} expects {self.screen.bands}")
-        return frame
-
-    def _work(self, sock: zmq.Socket) -> None:
-        manifest = self.bundle.manifest
-        while True:
-            item = self._queue.get()
-            if item is _SENTINEL:
-                break
-            frame, t_recv = item
-            deadline = frame.header.get("deadline")
-            if isinstance(deadline, (int, float)) and time.time() > deadline:
-                self.counters.dropped("deadline")
-                continue
-            try:
-                res = self.screen.process(frame)
-            except Exception:
-                log.error("frame %s failed in the engine:\n%s", frame.frame_id, traceback.format_exc())
-                self.counters.dropped("engine_error")
-                continue
-            bufs = res.buffers()
-            parts = encode("result", {
-                "stream": frame.stream, "frame_id": frame.frame_id, "sensor_ts": frame.header.get("ts"),
-                "engine": {"name": manifest.name, "version": manifest.version, "precision": manifest.precision},
-                "shape": list(frame.data.shape), "dtype": str(frame.data.dtype), "tile": res.grid.tile,
-                "tiles": res.tiles_header(), "cloud_fraction": round(res.frame_cloud_fraction, 4),
-                "threshold": self.screen.threshold, "buffers": ["mask_packbits", "kept_tiles_dn"],
-            }, bufs)
-            if not self._send(sock, parts):
-                self._unsent += 1
-                continue
-            latency_ms = (time.time() - t_recv) * 1000.0
-            self.counters.processed(tiles=len(res.keep), discarded=int((~res.keep).sum()), bytes_raw=frame.nbytes,
-                                    bytes_downlink=sum(len(memoryview(b).cast("B")) for b in bufs) + len(parts[1]),
-                                    latency_ms=latency_ms)
-        self._worker_done.set()
-        sock.close(linger=int(self.settings.drain_timeout_s * 1000))
-
-    def _send(self, sock: zmq.Socket, parts: List[Any]) -> bool:
-        """Send a result, retrying while no receiver is connected, until the drain deadline."""
-        give_up = None
-        while True:
-            try:
-                sock.send_multipart(parts, copy=False)
-                return True
-            except zmq.Again:
-                if self._stop.is_set():
-                    give_up = give_up or time.time() + self.settings.drain_timeout_s
-                    if time.time() > give_up:
-                        return False
-
-    def _control(self, socks) -> None:
-        control, heartbeat = socks
-        poller = zmq.Poller()
-        poller.register(control, zmq.POLLIN)
-        next_beat = 0.0
-        while not (self._worker_done.is_set()):
-            if time.time() >= next_beat:
-                heartbeat.send_multipart(encode("heartbeat", {"status": self.status()}))
-                next_beat = time.time() + self.settings.heartbeat_interval_s
-            if not poller.poll(POLL_MS):
-                continue
-            ident, *parts = control.recv_multipart()
-            control.send_multipart([ident] + self._handle_command(parts))
-        heartbeat.send_multipart(encode("heartbeat", {"status": self.status(), "final": True}))
-        control.close(linger=0)
-        heartbeat.close(linger=500)
-
-    def _handle_command(self, parts: List[bytes]) -> List[Any]:
-        try:
-            msg = decode(parts)
-        except WireError as exc:
-            return make_reply(None, False, exc.code, str(exc))
-        if msg.type != "command":
-            return make_reply(msg.header, False, "E_TYPE", f"control socket takes commands, not {msg.type!r}")
-        cmd = msg.header.get("cmd")
-        if cmd == "ping":
-            return make_reply(msg.header, True, message="pong")
-        if cmd == "status":
-            return make_reply(msg.header, True, status=self.status())
-        if cmd == "shutdown":
-            self._stop.set()
-            return make_reply(msg.header, True, message="draining and shutting down")
-        return make_reply(msg.header, False, "E_COMMAND", f"unknown command {cmd!r}; known: ping, status, shutdown")
+    # ----------------------------------------------------------------------------- status
+    def status(self) -> dict:
+        """Counters, queues, outbox, power, health and engines, as sent in status replies and heartbeats."""
+        snap = self.counters.snapshot()
+        first = next(iter(self.pipelines.values()))
+        engine = self.engines.get(first.key(first.order[0]), self.governor.decision.variant).provenance
+        h = self.settings.health
+        snap.update(queue_depth=self.scheduler.depth(), uptime_s=round(time.time() - self._started, 3),
+                    draining=self.stop.is_set() or self.ingest.paused, dead_letters=os.path.join(self.settings.workdir, "deadletter.sqlite"),
+                    engine=engine, engines=self.engines.describe(), scheduler=self.scheduler.stats(),
+                    outbox=self.downlink.snapshot(), power=self.governor.snapshot(), ingest=self.ingest.snapshot(),
+                    worker=self.worker.snapshot(), engine_ops=list(self.handler.jobs),
+                    health={"stages": self.monitor.snapshot(), "events": self.monitor.events[-10:],
+                            "restarts_recent": len(self.restarts.recent(h.restart_window_s)),
+                            "boots": self.restarts.state["boots"]})
+        return snap
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,18 +1,21 @@
-"""Cloud screening of a frame before downlink: tile, normalize, run the engine, discard cloudy tiles.
+"""Cloud screening before downlink: the ``cloud_screen`` stage kind of a pipeline.
 
-The policy follows ESA Φsat-1's practice: tiles whose cloud fraction is above a threshold
-(70 % by default) are not kept for downlink; their cloud fraction still is.
+The engine's output ``mask`` is a per-pixel cloud probability; a pixel is cloudy above 0.5. Each
+tile's cloud fraction is taken over its pixels inside the frame. The policy follows ESA Φsat-1's
+practice: tiles whose cloud fraction is above a threshold (70 % by default) are not kept for
+downlink; their cloud fraction still is. The result carries the whole frame's cloud mask
+(reassembled from the tiles, see :meth:`onboard.tiling.TileGrid.join`) and the DN of kept tiles.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from engines.errors import UserError
 from onboard.tiling import TileGrid
-from onboard.wire import Frame
 
 
 @dataclass
@@ -20,7 +23,7 @@ class ScreenResult:
     """What cloud screening made of one frame."""
 
     grid: TileGrid
-    cloud_fraction: np.ndarray     # (n_tiles,) float32, over valid pixels
+    cloud_fraction: np.ndarray     # (n_tiles,) float32, over valid pixels; NaN where the stage did not run
     keep: np.ndarray               # (n_tiles,) bool: tile goes to the downlink
     mask: np.ndarray               # (height, width) bool cloud mask of the frame
     kept_data: List[np.ndarray]    # DN of each kept tile, cropped to the frame
@@ -33,60 +36,88 @@ class ScreenResult:
     def buffers(self) -> List[Any]:
         """Result payload: [bit-packed frame mask, kept tiles' DN concatenated]."""
         packed = np.packbits(self.mask.reshape(-1))
-        data = b"".join(np.ascontiguousarray(t).tobytes() for t in self.kept_data)
+        dtype = self.kept_data[0].dtype if self.kept_data else np.uint8
+        data = np.empty(sum(t.size for t in self.kept_data), dtype)
+        start = 0
+        for t in self.kept_data:                      # one copy of each kept tile
+            data[start:start + t.size].reshape(t.shape)[...] = t
+            start += t.size
         return [packed, data]
 
     def tiles_header(self) -> List[Dict[str, Any]]:
         """Per-tile records for the result header: window, cloud fraction, kept or not."""
-        return [{"r": r, "c": c, "h": h, "w": w, "cloud": round(float(f), 4), "kept": bool(k)}
+        return [{"r": r, "c": c, "h": h, "w": w, "cloud": None if np.isnan(f) else round(float(f), 4), "kept": bool(k)}
                 for (r, c, h, w), f, k in zip(self.grid.windows(), self.cloud_fraction, self.keep)]
 
 
+@functools.lru_cache(maxsize=64)
+def _valid_mask(grid: TileGrid) -> np.ndarray:
+    return grid.valid_mask()
+
+
+def gather_tiles(works: Sequence[Any], selections: Sequence[np.ndarray]) -> np.ndarray:
+    """The selected tiles of a batch of frames in one array (a single copy)."""
+    parts = [w.tiles if s.all() else w.tiles[s] for w, s in zip(works, selections) if s.any()]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class CloudScreen:
-    """Runs a cloud-screening engine over frames.
+    """The ``cloud_screen`` stage: per-pixel mask, per-tile cloud fraction, discard above ``threshold``.
 
     Parameters
     ----------
-    runner : engines.runners.base.Runner
-        An active runner of a bundle whose input carries ``normalization`` (per-band scale and
-        offset applied to the DN) and whose output ``mask`` is a per-pixel cloud probability.
-    manifest : engines.manifest.Manifest
-        The bundle's manifest.
     threshold : float
         Tiles with a cloud fraction above this are discarded from the downlink.
-    max_batch : int
-        Tiles per inference call.
     """
 
-    def __init__(self, runner, manifest, threshold: float = 0.7, max_batch: int = 16):
-        spec = manifest.inputs[0]
-        norm = spec.normalization or {}
-        if "scale" not in norm or "offset" not in norm:
-            raise UserError(f"bundle {manifest.name!r}: input {spec.name!r} has no normalization (scale/offset); "
-                            "rebuild the bundle with `satedge ground` so the daemon knows how to scale DN")
-        self.runner = runner
-        self.input_name = spec.name
-        self.tile = int(spec.shape[-1])
-        self.bands = int(spec.shape[1])
-        self.scale = np.asarray(norm["scale"], dtype=np.float32).reshape(-1, 1, 1)
-        self.offset = np.asarray(norm["offset"], dtype=np.float32).reshape(-1, 1, 1)
-        self.threshold = float(threshold)
-        self.max_batch = int(max_batch)
+    kind = "cloud_screen"
+    attributes = ("cloud_fraction", "kept")
 
-    def process(self, frame: Frame) -> ScreenResult:
-        """Screen one frame; raises :class:`UserError` if its band count does not fit the engine."""
-        data = frame.data
-        if data.shape[0] != self.bands:
-            raise UserError(f"frame {frame.frame_id} of stream {frame.stream!r} has {data.shape[0]} bands; "
-                            f"the engine expects {self.bands}")
-        grid = TileGrid(data.shape[1], data.shape[2], self.tile)
-        tiles = grid.cut(data)
-        x = tiles.astype(np.float32) * self.scale + self.offset
-        probs = np.concatenate([self.runner.infer({self.input_name: x[i:i + self.max_batch]})["mask"]
-                                for i in range(0, len(x), self.max_batch)])
-        cloud = probs.reshape(len(x), self.tile, self.tile) > 0.5
-        valid = grid.valid_mask()
-        fraction = ((cloud & valid).sum(axis=(1, 2)) / valid.sum(axis=(1, 2))).astype(np.float32)
-        keep = fraction <= self.threshold
+    def __init__(self, threshold: float = 0.7):
+        if not 0.0 <= threshold <= 1.0:
+            raise UserError(f"cloud_screen threshold {threshold} must be within [0, 1]")
+        self.threshold = float(threshold)
+
+    def check(self, engine) -> None:
+        """Refuse an engine this stage cannot use, saying why."""
+        if engine.scale is None:
+            raise UserError(f"bundle {engine.provenance['name']!r}: input {engine.input_name!r} has no normalization "
+                            "(scale/offset); rebuild the bundle with `satedge ground` so the daemon knows how to scale DN")
+        if "mask" not in engine.output_names:
+            raise UserError(f"bundle {engine.provenance['name']!r} has no output 'mask' (outputs: "
+                            f"{engine.output_names}); a cloud_screen stage needs the per-pixel cloud probability")
+
+    def screen(self, grid: TileGrid, data: np.ndarray, tiles_cloud: np.ndarray,
+               selected: Optional[np.ndarray] = None) -> ScreenResult:
+        """Turn the cloud masks (probability > 0.5) of the selected tiles of one frame into a :class:`ScreenResult`."""
+        n, t = len(grid), grid.tile
+        selected = np.ones(n, bool) if selected is None else selected
+        cloud = np.zeros((n, t, t), bool)
+        cloud[selected] = tiles_cloud.reshape(-1, t, t)
+        valid = _valid_mask(grid)
+        fraction = np.full(n, np.nan, np.float32)
+        fraction[selected] = ((cloud & valid).sum(axis=(1, 2)) / valid.sum(axis=(1, 2)))[selected]
+        keep = selected & (np.nan_to_num(fraction, nan=1.0) <= self.threshold)
         kept = [data[:, r:r + h, c:c + w] for (r, c, h, w), k in zip(grid.windows(), keep) if k]
         return ScreenResult(grid=grid, cloud_fraction=fraction, keep=keep, mask=grid.join(cloud), kept_data=kept)
+
+    def run(self, works: Sequence[Any], selections: Sequence[np.ndarray], engine, max_batch: int) -> List[Any]:
+        """Screen the selected tiles of a batch of frames in shared inference calls.
+
+        Returns, per frame, ``(fields, buffers, attributes, stats)`` for the result message.
+        """
+        counts = [int(s.sum()) for s in selections]
+        tiles = gather_tiles(works, selections) if sum(counts) else None
+        probs = engine.infer(tiles, max_batch, post=lambda o: {"mask": o["mask"] > 0.5})["mask"] \
+            if tiles is not None else np.zeros((0, 1), bool)
+        out, start = [], 0
+        for w, sel, k in zip(works, selections, counts):
+            res = self.screen(w.grid, w.frame.data, probs[start:start + k], sel)
+            start += k
+            fields = {"tile": w.grid.tile, "overlap": w.grid.overlap, "tiles": res.tiles_header(),
+                      "cloud_fraction": round(res.frame_cloud_fraction, 4), "threshold": self.threshold,
+                      "buffers": ["mask_packbits", "kept_tiles_dn"]}
+            attrs = {"cloud_fraction": res.cloud_fraction, "kept": res.keep.astype(np.float32)}
+            stats = {"tiles": int(sel.sum()), "discarded": int((sel & ~res.keep).sum())}
+            out.append((fields, res.buffers(), attrs, stats))
+        return out

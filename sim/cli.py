@@ -36,6 +36,9 @@ def add_parsers(subparsers) -> None:
     c.add_argument("--out", default="out/contacts.json")
     c.set_defaults(func=_contacts)
 
+    from sim.fl import add_fl_parser
+    add_fl_parser(verbs)
+
 
 def _demo(args) -> int:
     from sim.demo import format_summary, run_demo
