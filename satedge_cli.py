@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import List, Optional
 
-SIDES = ("engines.cli", "onboard.cli", "ground.cli", "sim.cli")
+SIDES = ("engines.cli", "onboard.cli", "ground.cli", "ground.data.cli", "sim.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
