@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.satedge-installed
 # Where no torch is installed, install a CPU build first so that the plain `torch` requirement
-# does not pull a multi-GB CUDA build. TORCH_LOCAL is tried offline (a local wheel through pip's
-# find-links); otherwise the CPU wheel index is used. Override either, e.g. TORCH_CPU_INDEX= to skip.
+# does not pull a multi-GB CUDA build: a local CPU wheel that pip's find-links offers (checked
+# offline with --no-deps) is taken as it is; otherwise the newest CPU wheel from PyTorch's CPU
+# index. Override TORCH_LOCAL or TORCH_CPU_INDEX to choose another.
 TORCH_LOCAL ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
@@ -15,9 +16,12 @@ install: $(STAMP)
 
 $(STAMP): setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -c "import torch" 2>/dev/null || \
-	  $(PY) -m pip install -q --no-index "$(TORCH_LOCAL)" 2>/dev/null || \
-	  $(PY) -m pip install -q torch --index-url $(TORCH_CPU_INDEX)
+	@$(PY) -c "import torch" 2>/dev/null || { \
+	  if $(PY) -m pip download -q --no-deps --no-index -d $(VENV)/.torch-probe "$(TORCH_LOCAL)" >/dev/null 2>&1; then \
+	    $(PY) -m pip install -q "$(TORCH_LOCAL)"; \
+	  else \
+	    $(PY) -m pip install -q torch --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple; \
+	  fi; rm -rf $(VENV)/.torch-probe; }
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
