@@ -22,8 +22,9 @@ STAD's exact formulas are not public; this is our reading of its description, st
   bright regions (a field of unusual but common material) are flattened.
 
 Inputs are standardised per band with the training scenes' mean and std. Sizes:
-``quick`` (h1=64, h2=12, w1=16, w2=8; 3 training scenes of 64 x 64) trains in seconds on one
-core; ``full`` (h1=128, h2=24, w1=32, w2=16; 6 training scenes of 128 x 128) in minutes.
+``quick`` (h1=64, h2=12, w1=16, w2=8; 3 training scenes of 64 x 64) trains in 7-60 s on one
+core (48 or 180 bands); ``full`` (h1=128, h2=24, w1=32, w2=16; 6 training scenes of 128 x 128)
+in about 8 minutes at 180 bands (docs/models.md).
 """
 from __future__ import annotations
 

@@ -28,8 +28,8 @@ SVD backward is unstable for close singular values; gradients flow through M. Th
 shared by the batch, so outputs depend on the batch: evaluation runs in fixed batches of 128.
 The FL payload is mu, U_r S_r and V_r: ``B*C + (B*C + H*W) * r`` values, not ``B*C*H*W``.
 
-Sizes: ``quick`` (w=16, p=7, 12 epochs, 4,000 patches) trains in seconds per variant on one
-core; ``full`` (w=32, p=11, 40 epochs, 24,000 patches) in minutes.
+Sizes: ``quick`` (w=16, p=7, 12 epochs, 4,000 patches) trains in 5-12 s per variant on one
+core; ``full`` (w=32, p=11, 40 epochs, 24,000 patches) in 7-15 minutes (docs/models.md).
 """
 from __future__ import annotations
 
