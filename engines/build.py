@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
-from engines.bundle import Bundle, _write_atomic
+from engines.bundle import Bundle
+from engines.durable import write_durable
 from engines.errors import UserError
 from engines.hashing import sha256_bytes
 from engines.manifest import MANIFEST_FILE, Manifest
@@ -59,7 +60,7 @@ def add_plan(bundle: Bundle, plan: Union[bytes, PathLike], entry: PlanEntry, key
                         % (bundle.path, clash[0], entry.describe()))
     dest = bundle.path / entry.file
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(dest, bytes(data))
+    write_durable(dest, bytes(data))
     dropped = {p.file for p in old} - {p.file for p in plans}
     files = {k: v for k, v in manifest.files.items() if k not in dropped}
     files[entry.file] = sha256_bytes(bytes(data))
@@ -68,7 +69,7 @@ def add_plan(bundle: Bundle, plan: Union[bytes, PathLike], entry: PlanEntry, key
     sig = bundle.path / SIGNATURE_FILE
     if sig.exists():
         sig.unlink()
-    _write_atomic(bundle.path / MANIFEST_FILE, (manifest.to_json() + "\n").encode("utf-8"))
+    write_durable(bundle.path / MANIFEST_FILE, (manifest.to_json() + "\n").encode("utf-8"))
     for stale in set(bundle.manifest.files) - set(manifest.files):
         (bundle.path / stale).unlink()
     if key is not None:
@@ -190,7 +191,7 @@ def build_plan(bundle: Bundle, target: str, *, precision: Optional[str] = None, 
         raise UserError("TensorRT %s failed to build %s for %s (%s); see the TensorRT log above." %
                         (trt.__version__, bundle.manifest.name, prof.name, precision))
     if cache_path is not None:
-        _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+        write_durable(cache_path, bytes(config.get_timing_cache().serialize()))
     entry = PlanEntry(file=plan_filename(sm, trt.__version__, precision, dla_core), sm=sm, trt_version=trt.__version__,
                       precision=precision, dla_core=dla_core, target=prof.name, version_compatible=version_compatible,
                       built_with={"host": platform.node(), "machine": platform.machine(), "tensorrt": trt.__version__,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from engines.durable import write_durable
 from engines.errors import BundleError, UserError
 from engines.hashing import sha256_file
 from engines.manifest import MANIFEST_FILE, Manifest, TensorSpec
@@ -23,33 +23,6 @@ REFERENCE_FILE = "reference.npz"
 SIGNATURE_FILES = ("manifest.sig",)  # engines.signing.SIGNATURE_FILE
 RESERVED = (MANIFEST_FILE, MODEL_FILE, REFERENCE_FILE) + SIGNATURE_FILES
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # not possible on every platform (Windows)
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(dest: Path, data: bytes) -> None:
-    """Write ``data`` to ``dest`` via a temp file in the same folder, fsync and rename."""
-    fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".", suffix=".tmp", dir=str(dest.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, str(dest))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(dest.parent)
 
 
 def _listed_files(root: Path) -> Iterable[str]:
@@ -287,5 +260,5 @@ def pack_bundle(out_dir: PathLike, *, name: str, version: int, model_path: PathL
                         files=files, metrics=dict(metrics or {}), reference={"file": REFERENCE_FILE},
                         targets=list(targets), min_runtime_version=min_runtime_version,
                         extra=dict(manifest_extra or {}))
-    _write_atomic(root / MANIFEST_FILE, (manifest.to_json() + "\n").encode("utf-8"))
+    write_durable(root / MANIFEST_FILE, (manifest.to_json() + "\n").encode("utf-8"))
     return Bundle.open(root)

@@ -163,14 +163,15 @@ def sign_bundle(bundle_dir: PathLike, private_key_path: PathLike) -> str:
     str
         The key id of the signing key.
     """
-    from engines.bundle import Bundle, _write_atomic  # bundle imports this module
+    from engines.bundle import Bundle  # bundle imports this module
+    from engines.durable import write_durable
 
     bundle = Bundle.open(bundle_dir, verify=True)
     private = load_private_key(private_key_path)
     kid = key_id(private.public_key())
     sig = private.sign(bundle.manifest.canonical_bytes())
     doc = {"alg": ALG, "key_id": kid, "sig": base64.b64encode(sig).decode("ascii")}
-    _write_atomic(bundle.path / SIGNATURE_FILE, (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode("utf-8"))
+    write_durable(bundle.path / SIGNATURE_FILE, (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode("utf-8"))
     return kid
 
 

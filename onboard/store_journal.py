@@ -14,11 +14,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+from engines.durable import fsync_dir, write_durable
 from engines.bundle import Bundle
 from engines.manifest import MANIFEST_FILE
 from engines.signing import SIGNATURE_FILE
@@ -43,34 +43,6 @@ def new_state(name: str) -> Dict[str, Any]:
             "slots": {s: {"version": None, "status": "empty"} for s in SLOTS},
             "highest_version": 0, "pending": None, "seq": 0, "events": [],
             "commands": {"nonces": [], "last_issued_at": None}}
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that a rename or a new entry in it is durable."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # not possible on every platform
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durable(dest: Path, data: bytes) -> None:
-    """Replace ``dest`` with ``data``: temp file in the same folder, fsync, rename, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".", suffix=".tmp", dir=str(dest.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, str(dest))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(dest.parent)
 
 
 def _encode(state: Dict[str, Any]) -> bytes:
