@@ -122,33 +122,11 @@ def _signer(bundle) -> Optional[str]:
         return "(malformed manifest.sig)"
 
 
-def _write_curve_keypair(directory: str, name: str):
-    """Write ``NAME.curve.key`` (0600) and ``NAME.curve.pub``: one Z85 line each (docs/protocol.md, Control channel).
-
-    ``onboard.curve`` reads these files; engines cannot import onboard, so the few lines live here too.
-    """
-    import os
-
-    import zmq
-    if not name or "/" in name or name.startswith("."):
-        raise UserError("key name %r is not a plain file stem; use e.g. 'daemon' or 'ops-alice'." % (name,))
-    out = Path(directory)
-    secret_path, public_path = out / (name + ".curve.key"), out / (name + ".curve.pub")
-    for path in (secret_path, public_path):
-        if path.exists():
-            raise UserError("%s already exists; keys are never overwritten. Choose another --name or directory, "
-                            "or delete the old pair on purpose." % path)
-    out.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.curve_keypair()
-    with os.fdopen(os.open(str(secret_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
-        fh.write(secret + b"\n")
-    public_path.write_bytes(public + b"\n")
-    return secret_path, public_path, public.decode("ascii")
-
-
 def _keys_gen(args) -> int:
     if getattr(args, "curve", False):
-        secret, public, z85 = _write_curve_keypair(args.out, args.name)
+        from engines.keyfiles import generate_curve_keypair
+        secret, public = generate_curve_keypair(args.out, args.name)
+        z85 = public.read_text().strip()
         print("curve secret key %s (keep it where it is used: the daemon, or this operator)\n"
               "curve public key %s\nZ85 public key   %s" % (secret, public, z85))
         return 0

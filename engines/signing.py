@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from engines.keyfiles import new_key_paths, write_private
 from engines.errors import SignatureError, UserError
 from engines.manifest import MANIFEST_FILE, Manifest
 
@@ -70,21 +71,11 @@ def generate_keypair(directory: PathLike, name: str = "satedge") -> Tuple[Path, 
     UserError
         If either file already exists (keys are never overwritten).
     """
-    out = Path(directory)
-    if not name or "/" in name or name.startswith("."):
-        raise UserError("key name %r is not a plain file stem; use e.g. 'satedge' or 'lab-2024'." % (name,))
-    priv_path, pub_path = out / (name + ".key"), out / (name + ".pub")
-    for path in (priv_path, pub_path):
-        if path.exists():
-            raise UserError("%s already exists; keys are never overwritten. Choose another --name or "
-                            "directory, or delete the old pair on purpose." % path)
-    out.mkdir(parents=True, exist_ok=True)
+    priv_path, pub_path = new_key_paths(directory, name, ".key", ".pub")
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    fd = os.open(str(priv_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    write_private(priv_path, pem)
     pub_path.write_bytes(private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return priv_path, pub_path

@@ -14,56 +14,20 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, List, Tuple, Union
+from typing import Iterable, List, Union
 
 import zmq
 from zmq.utils import z85
 
 from engines.errors import UserError
+from engines.keyfiles import CURVE_PUBLIC_SUFFIX, CURVE_SECRET_SUFFIX, generate_curve_keypair  # noqa: F401 (public API)
 
-SECRET_SUFFIX = ".curve.key"
-PUBLIC_SUFFIX = ".curve.pub"
+SECRET_SUFFIX = CURVE_SECRET_SUFFIX
+PUBLIC_SUFFIX = CURVE_PUBLIC_SUFFIX
 Z85_KEY_LENGTH = 40
 PathLike = Union[str, "os.PathLike[str]"]
 KeyLike = Union[bytes, str, "os.PathLike[str]"]
 log = logging.getLogger("satedge.onboard.curve")
-
-
-def generate_curve_keypair(directory: PathLike, name: str = "satedge") -> Tuple[Path, Path]:
-    """Create ``<name>.curve.key`` (secret, 0600) and ``<name>.curve.pub`` in ``directory``.
-
-    Parameters
-    ----------
-    directory : str or os.PathLike
-        Where to write the two files; created if absent.
-    name : str, optional
-        The file stem, ``"satedge"`` by default.
-
-    Returns
-    -------
-    (pathlib.Path, pathlib.Path)
-        The secret and the public key paths.
-
-    Raises
-    ------
-    UserError
-        If ``name`` is not a plain file stem or either file exists (keys are never overwritten).
-    """
-    if not name or "/" in name or name.startswith("."):
-        raise UserError("key name %r is not a plain file stem; use e.g. 'daemon' or 'ops-alice'." % (name,))
-    out = Path(directory)
-    secret_path, public_path = out / (name + SECRET_SUFFIX), out / (name + PUBLIC_SUFFIX)
-    for path in (secret_path, public_path):
-        if path.exists():
-            raise UserError("%s already exists; keys are never overwritten. Choose another --name or directory, "
-                            "or delete the old pair on purpose." % path)
-    out.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.curve_keypair()
-    fd = os.open(str(secret_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secret + b"\n")
-    public_path.write_bytes(public + b"\n")
-    return secret_path, public_path
 
 
 def _read_key_file(path: Path, what: str) -> bytes:
