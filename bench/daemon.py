@@ -18,7 +18,7 @@ cached under ``out/bench-daemon``) and synthetic scenes (``ground.data.scenes.ma
 It prints daemon / bare (goal >= 0.9), the gain from dynamic batching, and latency p50/p99.
 ``--load`` runs the overload test instead (``bench/daemon_load.py``).
 
-Usage: ``python bench/daemon.py [--frames 96] [--size 256] [--threads 1] [--json]`` or
+Usage: ``python bench/daemon.py [--frames 384] [--size 256] [--threads 1] [--json]`` or
 ``python bench/daemon.py --load [--seconds 60] [--overload 3]``.
 """
 from __future__ import annotations
@@ -189,7 +189,7 @@ def _wait(pred, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def run_bench(n_frames: int = 96, size: int = 256, threads: int = 1, small: int = 64, rounds: int = 3,
+def run_bench(n_frames: int = 384, size: int = 256, threads: int = 1, small: int = 64, rounds: int = 3,
               precision: str = "int8") -> Dict[str, Any]:
     """Everything of the default run (see module doc), as a dict; ratios are medians over ``rounds``."""
     bundle = cloud_bundle(precision)
@@ -247,7 +247,7 @@ def report(r: Dict[str, Any]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--frames", type=int, default=96)
+    p.add_argument("--frames", type=int, default=384)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (daemon and bare loop)")
     p.add_argument("--precision", default="int8", choices=("int8", "fp32"))

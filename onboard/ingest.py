@@ -95,13 +95,6 @@ class Ingest:
                                   "(raise scheduler.capacities / total_capacity for scenes this large)")
         return frame, pipe, cost
 
-    def _room(self, priority: int, cost: int) -> bool:
-        st = self.scheduler.stats()
-        cls = st["classes"][priority]
-        if cls["used"] + cost > cls["capacity"]:
-            return False
-        return priority == 0 or st["total_used"] + cost <= st["total_capacity"]
-
     def admit(self, ctx, frame, pipe, cost: int) -> None:
         """Offer one frame to the scheduler, blocking or dropping when its queue is full (see module doc)."""
         prio = pipe.priority
@@ -112,11 +105,10 @@ class Ingest:
         sc = self.s.scheduler
         if sc.admission == "block":
             give_up = time.monotonic() + sc.block_timeout_s if sc.block_timeout_s > 0 else None
-            while not self._room(prio, cost) and not self.governor.decision.defers(prio):
+            while not self.scheduler.wait_room(prio, cost, 0.05) and not self.governor.decision.defers(prio):
                 ctx.beat()
                 if give_up is not None and time.monotonic() > give_up:
                     break
-                time.sleep(0.002)
         result = self.scheduler.submit((frame, t_recv), prio, float(deadline), cost=cost, engine_key=pipe.name)
         if result is Admission.REJECTED_FULL:
             self.counters.dropped("queue_full")

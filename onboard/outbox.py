@@ -2,6 +2,9 @@
 
 A result enters with :meth:`Outbox.put` and is on disk when ``put`` returns (WAL journal,
 ``synchronous=FULL``: the commit is fsync'd), so neither ``kill -9`` nor a power cut loses it.
+Leases, nacks and acks commit without an fsync of their own (``synchronous=NORMAL`` for that
+transaction): losing one in a power cut can only make a result go down again, which the ground
+drops as a duplicate; the next ``put`` syncs the journal, earlier transactions included.
 The downlink takes batches in downlink order (priority, then age) with :meth:`Outbox.next_batch`,
 which leases them (state ``in_flight``); the ground acknowledges with :meth:`Outbox.ack`. A lease
 that passes without an ack goes back to ``queued`` (:meth:`Outbox.requeue_expired`), and every
@@ -142,16 +145,26 @@ class Outbox:
             return db.total_changes - before
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Hold the lock and one write transaction; commit on success, roll back on any error."""
+    def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """Hold the lock and one write transaction; commit on success, roll back on any error.
+
+        ``durable=False`` commits without waiting for the disk (see module doc): only for
+        changes whose loss is harmless (leases, nacks, acks).
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     # ------------------------------------------------------------------ downlink
     def next_batch(self, max_messages: int = 64, max_bytes: Optional[int] = None) -> List[OutboxItem]:
@@ -161,7 +174,7 @@ class Outbox:
         kept; a single message larger than ``max_bytes`` is still returned alone, so that it
         cannot block the outbox forever.
         """
-        with self._transaction() as db:
+        with self._transaction(durable=False) as db:
             rows = db.execute("SELECT id, size FROM outbox WHERE state=? ORDER BY priority, created, rowid LIMIT ?",
                               (QUEUED, int(max_messages))).fetchall()
             ids, total = [], 0
@@ -183,7 +196,7 @@ class Outbox:
     def ack(self, ids: Iterable[str]) -> int:
         """Mark messages delivered (payload dropped, tombstone kept); return how many were not yet acked."""
         now = self._clock()
-        with self._transaction() as db:
+        with self._transaction(durable=False) as db:
             before = db.total_changes
             db.executemany("UPDATE outbox SET state=?, acked=?, header=NULL, buffers=NULL, leased=NULL "
                            "WHERE id=? AND state!=?", [(ACKED, now, i, ACKED) for i in ids])
@@ -191,7 +204,7 @@ class Outbox:
 
     def nack(self, ids: Iterable[str]) -> int:
         """Return leased messages to the queue at once (the link dropped); return how many."""
-        with self._transaction() as db:
+        with self._transaction(durable=False) as db:
             before = db.total_changes
             db.executemany("UPDATE outbox SET state=?, leased=NULL WHERE id=? AND state=?",
                            [(QUEUED, i, IN_FLIGHT) for i in ids])

@@ -152,6 +152,20 @@ class Scheduler:
     def _unqueue(self, job: Job) -> None:
         self._used[job.priority] -= job.cost
         self._stats[job.priority]["queued"] -= 1
+        self._cv.notify_all()                  # wakes producers waiting in wait_room
+
+    def wait_room(self, priority: int, cost: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until an item of ``cost`` fits in class ``priority`` without shedding.
+
+        Class 0 needs room in its own queue only; other classes also within ``total_capacity``.
+        Returns whether it fits now (the caller then submits; another producer may still win the race).
+        """
+        def fits() -> bool:
+            if self._used[priority] + cost > self.capacities[priority]:
+                return False
+            return priority == 0 or sum(self._used) + cost <= self.total_capacity
+        with self._cv:
+            return self._cv.wait_for(fits, timeout)
 
     def _shed_expired(self, now: float, shed: List[tuple]) -> None:
         for key, heap in self._heaps.items():
