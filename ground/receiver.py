@@ -42,10 +42,13 @@ class GroundReceiver:
         The daemon's ``ack_endpoint``; without it nothing is acknowledged.
     keep_buffers : bool
         Keep each result's buffers (``self.buffers[key]``), for tests that decode them.
+    on_result : callable, optional
+        ``on_result(header, duplicate, size)`` for every result message received (duplicates too).
     """
 
     def __init__(self, endpoint: str, ctx: Optional[zmq.Context] = None, ack_endpoint: Optional[str] = None,
-                 keep_buffers: bool = False):
+                 keep_buffers: bool = False, on_result=None):
+        self.on_result = on_result
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.PULL)
         self.sock.connect(endpoint)
@@ -83,10 +86,12 @@ class GroundReceiver:
             self.arrivals[key] += 1
             if isinstance(msg.header.get("result_id"), str):
                 ack_ids.append(msg.header["result_id"])
+            size = sum(len(p) for p in parts)
+            if self.on_result is not None:
+                self.on_result(msg.header, key in self.results, size)
             if key in self.results:
                 self.duplicates += 1
                 continue
-            size = sum(len(p) for p in parts)
             self.bytes_received += size
             h = dict(msg.header)
             h["_bytes"] = size

@@ -143,8 +143,29 @@ class CommandHandler:
         bundle = args.get("bundle")
         if not isinstance(bundle, str) or not bundle:
             raise CommandError("install needs 'bundle': the path of a signed bundle folder on board")
+        return self.install_bundle(bundle)
+
+    def install_bundle(self, bundle: str) -> Dict[str, Any]:
+        """Install a bundle folder on board into the store (the ``install`` command; also the uplink's)."""
         store = self._store()
         return self._engine_op(f"install {bundle}", lambda: store.install(bundle))
+
+    def scrub_engine(self, name: str):
+        """Re-hash engine ``name``; on a slot switch reload its stages. None when another operation runs."""
+        store = self._store()
+        if not self._busy.acquire(blocking=False):
+            return None
+        try:
+            rep = store.scrub(name)
+        finally:
+            self._busy.release()
+        if rep.switched_to:
+            reloaded = self.d.engines.reload(name)
+            self._record(f"scrub {name}", False, {"engine": name, "slot": rep.switched_to,
+                                                  "active_version": store.versions(name)["active"],
+                                                  "reason": "; ".join(e["detail"] for e in rep.events),
+                                                  "stages_reloaded": reloaded})
+        return rep
 
     def _cmd_rollback(self, args):
         from onboard.store import RollbackCommand

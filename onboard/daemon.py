@@ -45,6 +45,7 @@ from onboard.outbox import Outbox
 from onboard.pipeline import Pipeline, streams_of
 from onboard.scheduler import Scheduler
 from onboard.settings import DaemonSettings, stall_timeout
+from onboard.uplink import UplinkStage
 from onboard.worker import OutboxWriter, Worker
 
 log = logging.getLogger("satedge.onboard")
@@ -150,6 +151,7 @@ class Daemon:
         self.worker = Worker(s, self.scheduler, self.pipelines, self.engines, self.governor, self.writer, self.ingest)
         self.ingest.work_ready = self.worker.work_ready
         self.monitor = HealthMonitor(s.health.max_stage_restarts)
+        self.uplink = UplinkStage(self)
 
         def downlink(ctx):
             self.downlink.run(ctx, self.socket("results"), self.socket("acks") if s.ack_endpoint else None)
@@ -165,6 +167,8 @@ class Daemon:
                   ("downlink", downlink, False, None),
                   ("governor", self.governor.run, True, None),
                   ("control", control_stage(self), False, None)]
+        if s.uplink.endpoint or s.uplink.scrub_interval_s > 0:
+            bodies.append(("uplink", self.uplink.run, True, None))
         for name, body, on_stall, on_abandon in bodies:
             self.monitor.add(Stage(name, body, self.stop, stall_timeout(s.health, name), on_stall, on_abandon))
 
@@ -272,6 +276,7 @@ class Daemon:
                     engine=engine, engines=self.engines.describe(), scheduler=self.scheduler.stats(),
                     outbox=self.downlink.snapshot(), power=self.governor.snapshot(), ingest=self.ingest.snapshot(),
                     worker=self.worker.snapshot(), engine_ops=list(self.handler.jobs),
+                    uplink=self.uplink.snapshot(),
                     health={"stages": self.monitor.snapshot(), "events": self.monitor.events[-10:],
                             "restarts_recent": len(self.restarts.recent(h.restart_window_s)),
                             "boots": self.restarts.state["boots"]})

@@ -52,6 +52,18 @@ class Downlink:
         self.started = time.time()
         self.unsent = 0
         self.no_receiver = False
+        self._windows = sorted((float(a), float(b)) for a, b in self.o.windows)
+        self._clock = None
+        if self._windows:
+            from onboard.transfer import EnvClock
+            self._clock = EnvClock()
+
+    def in_contact(self) -> bool:
+        """Whether a downlink window (``outbox.windows``, sim seconds) is open now; always without windows."""
+        if not self._windows:
+            return True
+        t = self._clock.now()
+        return any(a <= t < b for a, b in self._windows)
 
     def offer(self, items: List[Tuple[str, List[Any]]]) -> None:
         """Committed results ``(result_id, parts)`` (call with :attr:`handoff` held, after the commit)."""
@@ -80,7 +92,10 @@ class Downlink:
                     next_purge = now + 600.0
                 self._wake.clear()
                 backlog = self._backlog()
-                sent = self._send_outbox(results, now) if backlog else self._send_fresh(results, now)
+                if not self.in_contact():
+                    sent = 0                         # no pass: results wait in the outbox
+                else:
+                    sent = self._send_outbox(results, now) if backlog else self._send_fresh(results, now)
                 if ctx.stopping and self.writer_done.is_set():
                     drain_until = drain_until or now + self.s.drain_timeout_s
                     if not backlog and not self._fresh:

@@ -39,8 +39,10 @@ def make_source(tel) -> Optional[TelemetrySource]:
     except TypeError as exc:
         known = [f.name for f in dataclasses.fields(PowerModelParams)]
         raise UserError(f"settings: telemetry.model has an unknown key ({exc}); known keys: {known}") from None
+    eclipses = [tuple(w) for w in tel.eclipses]
+    sunlit_at = (lambda t: not any(a <= t < b for a, b in eclipses)) if eclipses else None
     return SimulatedPowerModel(params, t0=tel.t0, soc0=tel.soc0,
-                               temp0_c=None if math.isnan(tel.temp0_c) else tel.temp0_c)
+                               temp0_c=None if math.isnan(tel.temp0_c) else tel.temp0_c, sunlit_at=sunlit_at)
 
 
 class Governor:

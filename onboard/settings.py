@@ -20,7 +20,7 @@ from onboard.wire import DEFAULT_MAX_PAYLOAD_BYTES
 
 STAGE_KINDS = ("cloud_screen", "engine")
 TELEMETRY_SOURCES = ("none", "simulated", "scripted", "jtop")
-DEFAULT_STALL_S = {"default": 10.0, "worker": 60.0}
+DEFAULT_STALL_S = {"default": 10.0, "worker": 60.0, "uplink": 120.0}
 
 
 @dataclass
@@ -77,6 +77,7 @@ class OutboxSettings:
     max_in_flight: int = 256
     drain_ack_s: float = 5.0
     purge_acked_s: float = 7 * 86400.0
+    windows: List[List[float]] = field(default_factory=list)   # downlink passes [start, end], sim s; [] = always
 
 
 @dataclass
@@ -91,6 +92,24 @@ class TelemetrySettings:
     temp0_c: float = math.nan         # NaN: the model's idle steady state
     model: Dict[str, Any] = field(default_factory=dict)          # PowerModelParams overrides
     readings: List[Dict[str, Any]] = field(default_factory=list)  # scripted: Telemetry fields
+    eclipses: List[List[float]] = field(default_factory=list)      # simulated: [start, end] model s in shadow
+
+
+@dataclass
+class UplinkSettings:
+    """Files uplinked to the satellite (``onboard.transfer``) and engine-store upkeep.
+
+    With ``endpoint`` set, the ``uplink`` stage runs a transfer receiver on it (a DEALER that
+    connects, or binds with a leading ``@``); every finished ``.tar`` bundle archive is unpacked
+    safely and installed into the engine store like a control ``install``. ``scrub_interval_s`` > 0
+    re-hashes the store's engines that often, so a corrupted active slot is replaced by the
+    intact other slot without waiting for a restart.
+    """
+
+    endpoint: str = ""
+    state_dir: str = ""                   # default: <workdir>/uplink
+    transfer: Dict[str, Any] = field(default_factory=dict)       # onboard.transfer.TransferConfig overrides
+    scrub_interval_s: float = 0.0
 
 
 @dataclass
@@ -142,6 +161,7 @@ class DaemonSettings:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     power: PowerSettings = field(default_factory=PowerSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    uplink: UplinkSettings = field(default_factory=UplinkSettings)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "DaemonSettings":
@@ -167,6 +187,11 @@ class DaemonSettings:
         if self.telemetry.source == "scripted" and not self.telemetry.readings:
             raise UserError("settings: telemetry.source 'scripted' needs telemetry.readings (a list of "
                             "{power_w, temp_c, soc, sunlit, t})")
+        if any(len(w) != 2 or not w[1] > w[0] for w in self.telemetry.eclipses):
+            raise UserError(f"settings: telemetry.eclipses must be [start, end] pairs with end > start; got "
+                            f"{self.telemetry.eclipses}")
+        if self.uplink.endpoint and not self.store_root:
+            raise UserError("settings: uplink.endpoint needs 'store_root' (uplinked bundles go into the engine store)")
         for stream, st in self.pipeline.items():
             if not 0 <= st.priority < len(sc.capacities):
                 raise UserError(f"settings: pipeline.{stream}.priority {st.priority} is not a scheduler class "
@@ -288,4 +313,4 @@ def stall_timeout(health: HealthSettings, stage: str) -> float:
 
 
 __all__ = ["DaemonSettings", "HealthSettings", "OutboxSettings", "SchedulerSettings", "StageSettings",
-           "StreamSettings", "TelemetrySettings", "load_settings", "stall_timeout", "write_settings"]
+           "StreamSettings", "TelemetrySettings", "UplinkSettings", "load_settings", "stall_timeout", "write_settings"]

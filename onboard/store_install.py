@@ -153,7 +153,9 @@ def _verify(checks: SlotChecks, edir: Path, st: Dict[str, Any], src: Path, allow
             same = False
         if same:  # the very same signed engine: a no-op if intact, else a repair
             return bundle, ("already-active" if checks.intact(edir, act)[0] else "repair")
-    if m.version <= st["highest_version"]:
+    lost = m.version == st["highest_version"] and not any(
+        i["version"] == m.version and i["status"] != "bad" for i in st["slots"].values())
+    if m.version <= st["highest_version"] and not lost:  # re-installing a highest version lost to corruption is no rollback
         if allow != m.version or command is None:
             raise RollbackRefused(
                 "engine %r: v%d is not above the highest version ever activated (v%d); refused by rollback "

@@ -36,6 +36,12 @@ def add_parsers(subparsers) -> None:
     c.add_argument("--out", default="out/contacts.json")
     c.set_defaults(func=_contacts)
 
+    r = verbs.add_parser("run", help="a constellation run: ground station + N daemons as processes, report.html")
+    r.add_argument("scenario", help="YAML file, or a shipped name (constellation-12, constellation-quick)")
+    r.add_argument("--out", default=None, help="run directory (default out/sim-<scenario name>)")
+    r.add_argument("--signing-key", default="", help="ed25519 private key for the bundles (default: a fresh one)")
+    r.set_defaults(func=_run)
+
     from sim.fl import add_fl_parser
     add_fl_parser(verbs)
 
@@ -51,6 +57,27 @@ def _demo(args) -> int:
             json.dump(summary, fh, indent=2)
         print(f"\nsummary written to {args.json}")
     return 0
+
+
+def _run(args) -> int:
+    from sim.runner import run_scenario
+    from sim.scenario import load_scenario
+    sc = load_scenario(args.scenario)
+    out = args.out or os.path.join("out", f"sim-{sc.name}")
+    s = run_scenario(sc, out, args.signing_key)
+    d = s["delivery"]
+    print(f"\n{sc.name}: {len(s['satellites'])} satellites, {s['duration_s'] / 3600:g} h at {s['factor']:g}x in "
+          f"{s['wall_s']:.0f} s wall")
+    print(f"results: {d['accepted']} accepted on board, {d['delivered_unique']} delivered, {d['duplicates_dropped']} "
+          f"duplicates dropped, {d['lost']} lost, {d['unexpected']} unexpected -> exactly once: {d['exactly_once']}")
+    print(f"engine v{sc.rollout_version} active on {sum(v == sc.rollout_version for v in s['versions'].values())} of "
+          f"{len(s['versions'])} satellites")
+    for f in s["faults"]:
+        print(f"fault {f['id']} {f['fault']:<19s} {f['sat']}: at {f['t']:.0f} s -> "
+              + (f"recovered at {f['t_recovered']:.0f} s ({f['recovery']})" if f["recovered"] else "NOT recovered"))
+    print(f"report: {s['report']}")
+    ok = d["exactly_once"] and all(f["recovered"] for f in s["faults"])
+    return 0 if ok else 1
 
 
 def _sensor(args) -> int:

@@ -115,8 +115,8 @@ class _Direction:
         self.c["dropped"][reason]["msgs"] += 1
         self.c["dropped"][reason]["bytes"] += n
 
-    def offer(self, parts: List[bytes], now: float) -> None:
-        """A message entered the link at sim time ``now``."""
+    def offer(self, parts: List[bytes], now: float, out: str = "") -> None:
+        """A message entered the link at sim time ``now`` (``out``: the socket it leaves by)."""
         n = sum(len(p) for p in parts)
         rng = np.random.default_rng([self.seed, self.index, self.k])
         self.k += 1
@@ -156,10 +156,10 @@ class _Direction:
         if u[2] < self.p.reorder:
             arrival += self.p.reorder_delay_s * (0.5 + u[3])
             self.c["reordered"] += 1
-        self._push(arrival, parts)
+        self._push(arrival, parts, out)
         if u[4] < self.p.duplicate:
             self.c["duplicated"] += 1
-            self._push(arrival + 0.01 + self.p.reorder_delay_s * u[5], list(parts))
+            self._push(arrival + 0.01 + self.p.reorder_delay_s * u[5], list(parts), out)
 
     def _flip(self, parts: List[bytes], n: int, rng: np.random.Generator) -> List[bytes]:
         flips = int(rng.binomial(8 * n, self.p.ber))
@@ -174,9 +174,9 @@ class _Direction:
         self.c["bits_flipped"] += flips
         return [bytes(b) for b in bufs]
 
-    def _push(self, arrival: float, parts: List[bytes]) -> None:
+    def _push(self, arrival: float, parts: List[bytes], out: str = "") -> None:
         self.seq += 1
-        heapq.heappush(self.heap, (arrival, self.seq, parts))
+        heapq.heappush(self.heap, (arrival, self.seq, parts, out))
 
     def next_due(self) -> float:
         """Sim time of the next delivery (inf when nothing is in flight)."""
@@ -184,9 +184,14 @@ class _Direction:
 
     def due(self, now: float) -> List[List[bytes]]:
         """Pop the messages whose arrival time has come, in arrival order."""
+        return [parts for parts, _ in self.due_routed(now)]
+
+    def due_routed(self, now: float) -> List[Tuple[List[bytes], str]]:
+        """Like `due`, with the name of the socket each message leaves by."""
         out = []
         while self.heap and self.heap[0][0] <= now:
-            out.append(heapq.heappop(self.heap)[2])
+            item = heapq.heappop(self.heap)
+            out.append((item[2], item[3]))
         return out
 
     def stats(self) -> Dict[str, Any]:
@@ -210,12 +215,31 @@ class LinkEmulator:
     clock : SimClock, optional
         Default: ``$SATEDGE_SIM_CLOCK``, else wall time.
     seed : int
+    sockets : dict, optional
+        More sockets than the two DEALERs, for peers that are not DEALERs (e.g. a daemon's
+        PUSH results and PULL acks): ``{name: (zmq_type_name, endpoint, bind)}``; read the bound
+        endpoints from `endpoints_bound` after `start`.
+    routes : dict, optional
+        ``{"up" | "down": [(in_name, out_name), ...]}``: messages read on ``in_name`` travel in that
+        direction (its shaper and impairments) and leave by ``out_name``. Default: up front->back,
+        down back->front.
     """
 
     def __init__(self, front_endpoint: str, back_endpoint: str, schedule: Any = None, params: Any = None,
                  clock: Optional[SimClock] = None, seed: int = 0, *, ground: Optional[str] = None,
-                 satellite: Optional[str] = None, ctx: Optional[zmq.Context] = None) -> None:
+                 satellite: Optional[str] = None, ctx: Optional[zmq.Context] = None,
+                 sockets: Optional[Dict[str, Tuple[str, str, bool]]] = None,
+                 routes: Optional[Dict[str, Sequence[Tuple[str, str]]]] = None) -> None:
         self.endpoints = (front_endpoint, back_endpoint)
+        self.specs: Dict[str, Tuple[str, str, bool]] = {"front": ("DEALER", front_endpoint, True),
+                                                        "back": ("DEALER", back_endpoint, True), **(sockets or {})}
+        self.routes = {"up": [("front", "back")], "down": [("back", "front")], **(routes or {})}
+        for d, pairs in self.routes.items():
+            bad = [n for pair in pairs for n in pair if n not in self.specs]
+            if d not in DIRECTIONS or bad:
+                raise UserError(f"link routes: direction {d!r} must be one of {DIRECTIONS} and its sockets "
+                                f"{bad} must be in {sorted(self.specs)}")
+        self.endpoints_bound: Dict[str, str] = {}
         self.clock = clock or SimClock.from_env(default=SimClock.wall())
         self.ctx = ctx or zmq.Context.instance()
         self.seed = int(seed)
@@ -238,15 +262,20 @@ class LinkEmulator:
         self.front = self.back = ""
 
     def _bind(self) -> None:
-        self._socks = []
-        for ep in self.endpoints:
-            s = self.ctx.socket(zmq.DEALER)
+        self._socks: Dict[str, zmq.Socket] = {}
+        for name, (kind, ep, bind) in self.specs.items():
+            s = self.ctx.socket(getattr(zmq, kind.upper()))
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.SNDHWM, 100000)
             s.setsockopt(zmq.RCVHWM, 100000)
-            s.bind(ep)
-            self._socks.append(s)
-        self.front, self.back = (s.getsockopt_string(zmq.LAST_ENDPOINT) for s in self._socks)
+            if bind:
+                s.bind(ep)
+                self.endpoints_bound[name] = s.getsockopt_string(zmq.LAST_ENDPOINT)
+            else:
+                s.connect(ep)
+                self.endpoints_bound[name] = ep
+            self._socks[name] = s
+        self.front, self.back = self.endpoints_bound["front"], self.endpoints_bound["back"]
 
     def start(self) -> "LinkEmulator":
         """Bind and run the proxy in a background thread."""
@@ -282,20 +311,19 @@ class LinkEmulator:
         return {**out, "seed": self.seed, "factor": self.clock.factor}
 
     def _loop(self) -> None:
-        front, back = self._socks
-        route = {front: (self.dirs["up"], back), back: (self.dirs["down"], front)}
+        route = {self._socks[i]: (self.dirs[d], o) for d, pairs in self.routes.items() for i, o in pairs}
         poller = zmq.Poller()
-        for s in (front, back):
+        for s in route:
             poller.register(s, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 with self._lock:
                     now = self.clock.now()
-                    for d, out in ((self.dirs["up"], back), (self.dirs["down"], front)):
-                        for parts in d.due(now):
+                    for d in self.dirs.values():
+                        for parts, out in d.due_routed(now):
                             n = sum(len(p) for p in parts)
                             try:
-                                out.send_multipart(parts, flags=zmq.NOBLOCK)
+                                self._socks[out].send_multipart(parts, flags=zmq.NOBLOCK)
                                 d.c["delivered_msgs"] += 1
                                 d.c["delivered_bytes"] += n
                             except zmq.Again:
@@ -304,16 +332,16 @@ class LinkEmulator:
                     nxt = min(d.next_due() for d in self.dirs.values())
                 wait_ms = 20.0 if nxt == np.inf else min(20.0, max(0.0, (self.clock.wall_at(nxt) - time.time()) * 1e3))
                 for sock, _ in poller.poll(wait_ms):
-                    d = route[sock][0]
+                    d, out = route[sock]
                     for _ in range(1000):
                         try:
                             parts = sock.recv_multipart(flags=zmq.NOBLOCK)
                         except zmq.Again:
                             break
                         with self._lock:
-                            d.offer(parts, self.clock.now())
+                            d.offer(parts, self.clock.now(), out)
         finally:
-            for s in self._socks:
+            for s in self._socks.values():
                 s.close(0)
 
 

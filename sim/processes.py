@@ -20,6 +20,21 @@ def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
         return f"tcp://{host}:{s.getsockname()[1]}"
 
 
+def stable_tcp_endpoint(host: str = "127.0.0.1", low: int = 20000, high: int = 32000) -> str:
+    """A free ``tcp://host:port`` below Linux's ephemeral range (32768+), so that no outgoing
+    connection is given the port between now and the moment a process binds it."""
+    import random
+    for _ in range(200):
+        port = random.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        return f"tcp://{host}:{port}"
+    return free_tcp_endpoint(host)
+
+
 def _python_env() -> dict:
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,11 +54,12 @@ def _die_with_parent() -> None:
 class ManagedProcess:
     """A child process with its log file; :meth:`stop` sends SIGTERM and waits."""
 
-    def __init__(self, name: str, argv: List[str], log_path: str):
+    def __init__(self, name: str, argv: List[str], log_path: str, extra_env: Optional[dict] = None):
         self.name = name
         self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=_python_env(),
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**_python_env(), **(extra_env or {})},
                                      preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
     @property
@@ -85,7 +101,7 @@ class ManagedProcess:
 class DaemonProcess(ManagedProcess):
     """An onboard daemon started as ``python -m onboard.daemon --config FILE``."""
 
-    def __init__(self, settings: DaemonSettings, config_path: str):
+    def __init__(self, settings: DaemonSettings, config_path: str, extra_env: Optional[dict] = None):
         os.makedirs(settings.workdir, exist_ok=True)
         ready = os.path.join(settings.workdir, "ready")
         if os.path.exists(ready):
@@ -93,7 +109,7 @@ class DaemonProcess(ManagedProcess):
         self.settings = settings
         write_settings(settings, config_path)
         super().__init__("daemon", [sys.executable, "-m", "onboard.daemon", "--config", config_path],
-                         os.path.join(settings.workdir, "daemon.log"))
+                         os.path.join(settings.workdir, "daemon.log"), extra_env)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until the daemon has bound its sockets; raise with its log if it died."""
