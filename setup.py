@@ -5,7 +5,9 @@ ONBOARD = ["numpy>=1.22", "pyzmq>=24", "msgpack>=1.0", "onnxruntime>=1.16", "cry
 GROUND = ["torch>=2.1", "onnx>=1.15", "onnxscript>=0.1", "tifffile>=2023.1", "imagecodecs>=2023.1", "tqdm>=4.60"]
 SIM = ["sgp4>=2.22", "matplotlib>=3.6"]
 JETSON = ["tensorrt", "cuda-python", "jetson-stats"]  # pycuda instead of cuda-python on TX2 / JetPack 4
-DEV = ONBOARD + GROUND + SIM + ["pytest>=7", "hypothesis>=6", "skyfield>=1.45"]  # skyfield: test oracle only
+# CUDA 12.9 NVRTC + ptxas + headers: compile-check the kernels for sm_53/62/72 (TX2, Xavier), which CUDA 13 cannot
+CUDA12_CHECK = ["nvidia-cuda-nvrtc-cu12==12.9.*", "nvidia-cuda-nvcc-cu12==12.9.*", "nvidia-cuda-runtime-cu12==12.9.*"]
+DEV = ONBOARD + GROUND + SIM + CUDA12_CHECK + ["pytest>=7", "hypothesis>=6", "skyfield>=1.45"]  # skyfield: test oracle
 
 setup(
     name="satedge",

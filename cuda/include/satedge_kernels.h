@@ -17,17 +17,22 @@
  * so a status may describe earlier work on this thread.
  *
  * Source compatibility: CUDA 10.2 / C++14 and newer (JetPack 4.6 on TX2).
+ * The declarations are hidden from NVRTC (__CUDACC_RTC__), which compiles
+ * device code only (cuda/nvrtc_check.py).
  */
 #ifndef SATEDGE_KERNELS_H_
 #define SATEDGE_KERNELS_H_
+
+#if !defined(__CUDACC_RTC__)
 
 #include <stddef.h>
 #include <stdint.h>
 
 #include <cuda_runtime_api.h> /* cudaStream_t; C compatible */
 
-/** Version of this C ABI; bumped whenever a signature or meaning changes. */
-#define SATEDGE_KERNELS_ABI_VERSION 1
+/** Version of this C ABI; bumped whenever a signature or meaning changes or
+ *  entry points are added (2: RX anomaly score and NSI sparsification). */
+#define SATEDGE_KERNELS_ABI_VERSION 2
 
 #if defined(_WIN32)
 #  if defined(SATEDGE_KERNELS_BUILDING)
@@ -227,8 +232,161 @@ SATEDGE_API satedge_status satedge_cloud_fraction(
     const uint8_t *mask, int n_tiles, int tile_pixels,
     float *out_fraction, cudaStream_t stream);
 
+/* ------------------------------------------------------------------------- */
+/* RX anomaly score (Reed-Xiaoli)                                             */
+/* ------------------------------------------------------------------------- */
+/*
+ * Cube: `bands` x `height` x `width` values of cube_dtype (FLOAT32, or
+ * FLOAT16 such as the preprocessing output), CHW / band-sequential,
+ * contiguous: value (b, y, x) at index b * height * width + y * width + x.
+ * Output: score holds height x width float32, row-major. Arithmetic is
+ * float32 (half inputs are widened first); results agree with the float64
+ * numpy references of engines/ops/rx.py to a relative error of about 1e-5
+ * for well-conditioned statistics (not bit for bit: the summation order
+ * differs).
+ */
+
+/** Largest number of bands satedge_rx_local accepts (one warp per pixel,
+ *  one lane per band; reduce a hyperspectral cube with PCA first). */
+#define SATEDGE_RX_LOCAL_MAX_BANDS 32
+
+/**
+ * Global RX: score[p] = (x_p - mean)^T C (x_p - mean) with a precomputed
+ * inverse covariance C (bands x bands, row-major, float32).
+ *
+ * C is taken as symmetric and only its lower triangle (row >= column) is
+ * read: score = sum_i C[i][i] d_i^2 + 2 sum_{i>j} C[i][j] d_i d_j.
+ * One thread per pixel; any number of bands.
+ *
+ * @param cube       device, bands*height*width values of cube_dtype (CHW)
+ * @param cube_dtype SATEDGE_DTYPE_FLOAT32 or SATEDGE_DTYPE_FLOAT16
+ * @param bands      B >= 1
+ * @param height     H >= 1
+ * @param width      W >= 1 (H*W < 2^31)
+ * @param mean       device, [B] float32 background mean
+ * @param inv_cov    device, [B*B] float32 inverse covariance, row-major
+ * @param score      device, [H*W] float32 output (4-byte aligned)
+ * @param stream     stream to enqueue on (0 = default stream)
+ * @return SATEDGE_OK, SATEDGE_ERR_INVALID_ARG, or a CUDA launch status
+ */
+SATEDGE_API satedge_status satedge_rx_global(
+    const void *cube, satedge_dtype cube_dtype, int bands, int height, int width,
+    const float *mean, const float *inv_cov, float *score, cudaStream_t stream);
+
+/**
+ * Local (dual-window) RX. For pixel (y, x) the background is the
+ * outer x outer square centred on it minus the inner x inner guard square,
+ * both cut at the frame border; with n background pixels, mean mu and
+ * population covariance S = sum (x_q - mu)(x_q - mu)^T / n over them,
+ *
+ *     score = (x_p - mu)^T (S + r I)^-1 (x_p - mu),  r = regularization * trace(S) / bands
+ *
+ * (the local_rx of ground/models/rx.py without its PCA step: give it the
+ * PCA-whitened cube). Sums are taken of x_q - x_p (shift invariance keeps
+ * float32 cancellation small); S + r I is factored by Cholesky. A pixel
+ * whose matrix is not positive definite (for example a constant
+ * neighbourhood with regularization 0) scores NaN.
+ *
+ * @param cube           device, as for satedge_rx_global
+ * @param cube_dtype     SATEDGE_DTYPE_FLOAT32 or SATEDGE_DTYPE_FLOAT16
+ * @param bands          1 <= bands <= SATEDGE_RX_LOCAL_MAX_BANDS
+ * @param height, width  frame size (>= 1, H*W < 2^31)
+ * @param outer, inner   odd window sides, 0 < inner < outer <= 255, with
+ *                       outer*outer - inner*inner > bands
+ * @param regularization ridge factor >= 0 (ground uses 1e-3)
+ * @param score          device, [H*W] float32 output (4-byte aligned)
+ * @param stream         stream to enqueue on (0 = default stream)
+ * @return SATEDGE_OK, SATEDGE_ERR_INVALID_ARG, or a CUDA launch status
+ */
+SATEDGE_API satedge_status satedge_rx_local(
+    const void *cube, satedge_dtype cube_dtype, int bands, int height, int width,
+    int outer, int inner, float regularization, float *score, cudaStream_t stream);
+
+/* ------------------------------------------------------------------------- */
+/* Neighbourhood-statistics (NSI) gradient sparsification, RS-DGC            */
+/* ------------------------------------------------------------------------- */
+/*
+ * The variant documented in onboard/fl/nsi.py, evaluated in float32 in one
+ * fixed order so that engines/ops/nsi.py (numpy, float32) reproduces it bit
+ * for bit. grad is the layer's 2-D view, rows x cols, row-major (see
+ * as_matrix in onboard/fl/nsi.py), rows*cols < 2^31. For element (r, c),
+ * h = p / 2, the window rows r-h..r+h and columns c-h..c+h cut at the
+ * borders, n = (rows in it) * (columns in it):
+ *
+ *     s1 = sum over window columns j (ascending) of
+ *              (sum over window rows i (ascending) of g[i][j]), from 0
+ *     s2 = the same sums of g[i][j] * g[i][j]
+ *     mean = s1 / n;  var = s2 / n - mean * mean;  std = sqrt(var < 0 ? 0 : var)
+ *     COHERENCE: rho = |mean| + std > 0 ? |mean| / (|mean| + std) : 0
+ *                score = |g| * ((1 - beta) + beta * rho)
+ *     MEAN_STD:  score = |mean| + lam * std
+ *
+ * every operation rounded to nearest float32, no fused multiply-add.
+ *
+ * Selection keeps k elements: with key(s) the float bits of a score made
+ * monotonic as an unsigned integer (key = bits ^ 0x80000000 for s >= +0,
+ * ~bits for negative s; for the scores here, non-negative and finite, this
+ * is the float order), the threshold T is the k-th largest key; all elements
+ * with key > T and the lowest-indexed elements with key == T are kept, k in
+ * all. Output is in ascending index order: (index, grad value) pairs.
+ */
+
+/** Which NSI score (onboard/fl/nsi.py, `variant`). */
+typedef enum satedge_nsi_variant {
+    SATEDGE_NSI_COHERENCE = 0, /**< |g| * ((1 - beta) + beta * rho) (default) */
+    SATEDGE_NSI_MEAN_STD = 1   /**< |mean| + lam * std */
+} satedge_nsi_variant;
+
+/**
+ * NSI score of every element (no selection).
+ *
+ * @param grad    device, [rows*cols] float32, row-major (4-byte aligned)
+ * @param rows    >= 1
+ * @param cols    >= 1
+ * @param p       odd window side, 1 <= p <= 255
+ * @param beta    coherence weight in [0, 1] (COHERENCE)
+ * @param lam     weight of std (MEAN_STD)
+ * @param variant SATEDGE_NSI_COHERENCE or SATEDGE_NSI_MEAN_STD
+ * @param score   device, [rows*cols] float32 output
+ * @param stream  stream to enqueue on (0 = default stream)
+ * @return SATEDGE_OK, SATEDGE_ERR_INVALID_ARG, or a CUDA launch status
+ */
+SATEDGE_API satedge_status satedge_nsi_score(
+    const float *grad, int rows, int cols, int p, float beta, float lam,
+    satedge_nsi_variant variant, float *score, cudaStream_t stream);
+
+/** Bytes of device workspace satedge_nsi_sparsify needs for a rows x cols
+ *  layer (0 when rows or cols < 1 or rows*cols >= 2^31). */
+SATEDGE_API size_t satedge_nsi_sparsify_workspace_size(int rows, int cols);
+
+/**
+ * NSI score, threshold selection of the k largest scores (radix select on
+ * the keys above: four 8-bit histogram passes, all on the device) and
+ * compaction to (index, value) in ascending index order. Several kernels
+ * are enqueued; nothing is copied to the host and nothing waits.
+ *
+ * @param grad            device, [rows*cols] float32 (4-byte aligned)
+ * @param rows, cols, p, beta, lam, variant   as for satedge_nsi_score
+ * @param k               number of elements to keep, 1 <= k <= rows*cols
+ *                        (RS-DGC: ceil(density * rows*cols), at least min_keep)
+ * @param workspace       device, >= satedge_nsi_sparsify_workspace_size()
+ *                        bytes, 16-byte aligned; its contents are scratch
+ * @param workspace_bytes size of workspace
+ * @param out_index       device, [k] int32 flat indices (ascending)
+ * @param out_value       device, [k] float32 grad[out_index[i]]
+ * @param out_threshold   device, [1] float32 the k-th largest score, or NULL
+ * @param stream          stream to enqueue on (0 = default stream)
+ * @return SATEDGE_OK, SATEDGE_ERR_INVALID_ARG, or a CUDA launch status
+ */
+SATEDGE_API satedge_status satedge_nsi_sparsify(
+    const float *grad, int rows, int cols, int p, float beta, float lam,
+    satedge_nsi_variant variant, int k, void *workspace, size_t workspace_bytes,
+    int32_t *out_index, float *out_value, float *out_threshold, cudaStream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
+
+#endif /* !__CUDACC_RTC__ */
 
 #endif /* SATEDGE_KERNELS_H_ */

@@ -7,10 +7,12 @@
 // warp shuffles and one shared-memory step between warps.
 #include <stdint.h>
 
+#if !defined(__CUDACC_RTC__)
 #include <cuda_runtime.h>
 
 #include "launch_status.cuh"
 #include "satedge_kernels.h"
+#endif
 
 namespace satedge {
 namespace detail {
@@ -92,6 +94,8 @@ __global__ void __launch_bounds__(kBlockThreads)
 }  // namespace detail
 }  // namespace satedge
 
+#if !defined(__CUDACC_RTC__)  // NVRTC (cuda/nvrtc_check.py) compiles the kernel only
+
 extern "C" {
 
 satedge_status satedge_cloud_fraction(const uint8_t *mask, int n_tiles, int tile_pixels, float *out_fraction,
@@ -110,3 +114,5 @@ satedge_status satedge_cloud_fraction(const uint8_t *mask, int n_tiles, int tile
 }
 
 }  // extern "C"
+
+#endif  // !__CUDACC_RTC__

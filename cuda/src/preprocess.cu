@@ -10,11 +10,15 @@
 #include <stdint.h>
 
 #include <cuda_fp16.h>
+
+#include "preprocess_pixels.cuh"
+
+#if !defined(__CUDACC_RTC__)
 #include <cuda_runtime.h>
 
 #include "launch_status.cuh"
-#include "preprocess_pixels.cuh"
 #include "satedge_kernels.h"
+#endif
 
 namespace satedge {
 namespace detail {
@@ -112,6 +116,19 @@ __global__ void __launch_bounds__(kBlockThreads)
     }
 }
 
+#if defined(__CUDACC_RTC__)
+// NVRTC compiles device code only (cuda/nvrtc_check.py): instantiate every
+// kernel the host code below launches.
+template __global__ void preprocess_kernel<U16Source, float, false>(U16Source, FrameWindow, float *);
+template __global__ void preprocess_kernel<U16Source, float, true>(U16Source, FrameWindow, float *);
+template __global__ void preprocess_kernel<U16Source, __half, false>(U16Source, FrameWindow, __half *);
+template __global__ void preprocess_kernel<U16Source, __half, true>(U16Source, FrameWindow, __half *);
+template __global__ void preprocess_kernel<U12PackedSource, float, false>(U12PackedSource, FrameWindow, float *);
+template __global__ void preprocess_kernel<U12PackedSource, float, true>(U12PackedSource, FrameWindow, float *);
+template __global__ void preprocess_kernel<U12PackedSource, __half, false>(U12PackedSource, FrameWindow, __half *);
+template __global__ void preprocess_kernel<U12PackedSource, __half, true>(U12PackedSource, FrameWindow, __half *);
+#else
+
 // ---- host side ----
 
 bool aligned(const void *p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
@@ -196,9 +213,13 @@ satedge_status preprocess(const Src &src, int bands, int height, int width, int 
     return finish_after_launch();
 }
 
+#endif  // __CUDACC_RTC__
+
 }  // namespace
 }  // namespace detail
 }  // namespace satedge
+
+#if !defined(__CUDACC_RTC__)
 
 extern "C" {
 
@@ -223,3 +244,5 @@ satedge_status satedge_preprocess_u12packed(const uint8_t *src, int bands, int h
 }
 
 }  // extern "C"
+
+#endif  // !__CUDACC_RTC__

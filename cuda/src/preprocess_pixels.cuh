@@ -9,7 +9,9 @@
 
 #include <stdint.h>
 
+#if !defined(__CUDACC_RTC__)
 #include <cuda_runtime.h>
+#endif
 
 #define SATEDGE_HD __host__ __device__ __forceinline__
 

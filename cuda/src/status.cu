@@ -1,4 +1,6 @@
 // status.cu - status codes, ABI version and the per-thread last CUDA error.
+// Host code only: NVRTC (cuda/nvrtc_check.py) sees an empty file.
+#if !defined(__CUDACC_RTC__)
 #include <cuda_runtime_api.h>
 
 #include "launch_status.cuh"
@@ -75,3 +77,5 @@ const char *satedge_status_string(satedge_status status) {
 int satedge_last_cuda_error(void) { return satedge::detail::t_last_cuda_error; }
 
 }  // extern "C"
+
+#endif  // !__CUDACC_RTC__
