@@ -152,6 +152,10 @@ class Daemon:
         self.ingest.work_ready = self.worker.work_ready
         self.monitor = HealthMonitor(s.health.max_stage_restarts)
         self.uplink = UplinkStage(self)
+        self.fl = None
+        if s.fl.data:
+            from onboard.fl.stage import FLStage
+            self.fl = FLStage(self)
 
         def downlink(ctx):
             self.downlink.run(ctx, self.socket("results"), self.socket("acks") if s.ack_endpoint else None)
@@ -169,6 +173,8 @@ class Daemon:
                   ("control", control_stage(self), False, None)]
         if s.uplink.endpoint or s.uplink.scrub_interval_s > 0:
             bodies.append(("uplink", self.uplink.run, True, None))
+        if self.fl is not None:
+            bodies.append(("fl", self.fl.run, True, None))
         for name, body, on_stall, on_abandon in bodies:
             self.monitor.add(Stage(name, body, self.stop, stall_timeout(s.health, name), on_stall, on_abandon))
 
@@ -276,7 +282,7 @@ class Daemon:
                     engine=engine, engines=self.engines.describe(), scheduler=self.scheduler.stats(),
                     outbox=self.downlink.snapshot(), power=self.governor.snapshot(), ingest=self.ingest.snapshot(),
                     worker=self.worker.snapshot(), engine_ops=list(self.handler.jobs),
-                    uplink=self.uplink.snapshot(),
+                    uplink=self.uplink.snapshot(), fl=None if self.fl is None else self.fl.snapshot(),
                     health={"stages": self.monitor.snapshot(), "events": self.monitor.events[-10:],
                             "restarts_recent": len(self.restarts.recent(h.restart_window_s)),
                             "boots": self.restarts.state["boots"]})

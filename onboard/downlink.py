@@ -58,6 +58,11 @@ class Downlink:
             from onboard.transfer import EnvClock
             self._clock = EnvClock()
 
+    def notify_backlog(self) -> None:
+        """Something outside the writer committed a message to the outbox: look for it and send it."""
+        self._recheck = True
+        self._wake.set()
+
     def in_contact(self) -> bool:
         """Whether a downlink window (``outbox.windows``, sim seconds) is open now; always without windows."""
         if not self._windows:

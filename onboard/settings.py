@@ -20,7 +20,7 @@ from onboard.wire import DEFAULT_MAX_PAYLOAD_BYTES
 
 STAGE_KINDS = ("cloud_screen", "engine")
 TELEMETRY_SOURCES = ("none", "simulated", "scripted", "jtop")
-DEFAULT_STALL_S = {"default": 10.0, "worker": 60.0, "uplink": 120.0}
+DEFAULT_STALL_S = {"default": 10.0, "worker": 60.0, "uplink": 120.0, "fl": 600.0}
 
 
 @dataclass
@@ -96,6 +96,17 @@ class TelemetrySettings:
 
 
 @dataclass
+class FLSettings:
+    """Federated-learning client (``onboard/fl/stage.py``): on with ``data`` (an .npz of local x, y)."""
+
+    data: str = ""
+    priority: int = 3                 # scheduler class of the work and downlink priority of the updates
+    require_sunlit: bool = True
+    client_id: str = "sat"            # the update's id is fl:<client_id>:round<k>
+    seed: int = 0
+
+
+@dataclass
 class UplinkSettings:
     """Files uplinked to the satellite (``onboard.transfer``) and engine-store upkeep.
 
@@ -162,6 +173,7 @@ class DaemonSettings:
     power: PowerSettings = field(default_factory=PowerSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     uplink: UplinkSettings = field(default_factory=UplinkSettings)
+    fl: FLSettings = field(default_factory=FLSettings)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "DaemonSettings":
@@ -190,8 +202,8 @@ class DaemonSettings:
         if any(len(w) != 2 or not w[1] > w[0] for w in self.telemetry.eclipses):
             raise UserError(f"settings: telemetry.eclipses must be [start, end] pairs with end > start; got "
                             f"{self.telemetry.eclipses}")
-        if self.uplink.endpoint and not self.store_root:
-            raise UserError("settings: uplink.endpoint needs 'store_root' (uplinked bundles go into the engine store)")
+        if self.fl.data and not 0 <= self.fl.priority < len(sc.capacities):
+            raise UserError(f"settings: fl.priority {self.fl.priority} is not a scheduler class 0..{len(sc.capacities) - 1}")
         for stream, st in self.pipeline.items():
             if not 0 <= st.priority < len(sc.capacities):
                 raise UserError(f"settings: pipeline.{stream}.priority {st.priority} is not a scheduler class "
@@ -313,4 +325,4 @@ def stall_timeout(health: HealthSettings, stage: str) -> float:
 
 
 __all__ = ["DaemonSettings", "HealthSettings", "OutboxSettings", "SchedulerSettings", "StageSettings",
-           "StreamSettings", "TelemetrySettings", "UplinkSettings", "load_settings", "stall_timeout", "write_settings"]
+           "FLSettings", "StreamSettings", "TelemetrySettings", "UplinkSettings", "load_settings", "stall_timeout", "write_settings"]

@@ -11,6 +11,8 @@ heartbeat's ``engine_ops``). If the process dies during the install (a power los
 delivers the file again after the restart, once the store's recovery has resolved the interrupted
 install.
 
+A finished ``fl-round-*.npz`` goes to the ``fl`` stage (:mod:`onboard.fl.stage`).
+
 ``uplink.scrub_interval_s`` > 0 re-hashes every engine of the store that often; a corrupted active
 slot (a bit flip in a stored engine) makes the store switch to the intact other slot, and the
 stages reload, so no inference runs on a damaged engine for longer than one interval.
@@ -74,6 +76,12 @@ class UplinkStage:
 
     def deliver(self, path: str) -> None:
         """A finished file: install it when it is a bundle archive; other files stay in the inbox."""
+        base = os.path.basename(path)
+        if base.startswith("fl-round-") and base.endswith(".npz"):
+            if self.d.fl is None:
+                raise UserError(f"{base} is an FL round package but this daemon has no fl.data; kept in the inbox")
+            self.d.fl.submit(path)
+            return
         if not path.endswith(".tar"):
             log.info("uplink: received %s (not a bundle archive; kept)", path)
             return
