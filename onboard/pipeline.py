@@ -18,7 +18,7 @@ import operator
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -132,14 +132,26 @@ class FrameWork:
 
 @dataclass
 class StageResult:
-    """One result message of one frame, ready for the outbox."""
+    """One result message of one frame, ready for the outbox.
+
+    ``build()`` makes the message parts; :attr:`parts` calls it once, on first use: the outbox
+    writer's thread, so that the worker thread goes back to inference sooner.
+    """
 
     result_id: str
     priority: int
     stage: str
-    parts: List[Any]
+    build: Callable[[], List[Any]]
     stats: Dict[str, int]
     variant: str = ""
+    _parts: Optional[List[Any]] = field(default=None, repr=False)
+
+    @property
+    def parts(self) -> List[Any]:
+        """The message as ZeroMQ parts ``[topic, header, *buffers]``."""
+        if self._parts is None:
+            self._parts = self.build()
+        return self._parts
 
 
 class Pipeline:
@@ -248,7 +260,7 @@ class Pipeline:
                 w.ran[n] = sel
                 if res is None:
                     continue
-                fields, buffers, attrs, stats = res
+                fields, buffers, attrs, stats = res       # fields may be a callable -> (fields, buffers)
                 w.attrs.update(attrs)
                 w.attrs.update({f"{n}.{a}": v for a, v in attrs.items()})
                 out[i].append(self._message(w.frame, n, engine, fields, buffers, stats))
@@ -264,5 +276,8 @@ class Pipeline:
                   "sensor_ts": frame.header.get("ts"), "stage": stage, "engine": engine.provenance,
                   "variant": engine.variant, "device": engine.device, "priority": prio,
                   "shape": list(frame.data.shape), "dtype": str(frame.data.dtype)}
-        header.update(fields)
-        return StageResult(rid, prio, stage, encode("result", header, buffers), stats, engine.variant)
+
+        def build() -> List[Any]:
+            f, b = fields() if callable(fields) else (fields, buffers)
+            return encode("result", dict(header, **f), b)
+        return StageResult(rid, prio, stage, build, stats, engine.variant)

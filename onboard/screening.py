@@ -25,8 +25,13 @@ class ScreenResult:
     grid: TileGrid
     cloud_fraction: np.ndarray     # (n_tiles,) float32, over valid pixels; NaN where the stage did not run
     keep: np.ndarray               # (n_tiles,) bool: tile goes to the downlink
-    mask: np.ndarray               # (height, width) bool cloud mask of the frame
+    cloud: np.ndarray              # (n_tiles, tile, tile) bool cloud mask of each tile
     kept_data: List[np.ndarray]    # DN of each kept tile, cropped to the frame
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray:
+        """(height, width) bool cloud mask of the frame, reassembled from the tiles (built on first use)."""
+        return self.grid.join(self.cloud)
 
     @property
     def frame_cloud_fraction(self) -> float:
@@ -99,7 +104,7 @@ class CloudScreen:
         fraction[selected] = ((cloud & valid).sum(axis=(1, 2)) / valid.sum(axis=(1, 2)))[selected]
         keep = selected & (np.nan_to_num(fraction, nan=1.0) <= self.threshold)
         kept = [data[:, r:r + h, c:c + w] for (r, c, h, w), k in zip(grid.windows(), keep) if k]
-        return ScreenResult(grid=grid, cloud_fraction=fraction, keep=keep, mask=grid.join(cloud), kept_data=kept)
+        return ScreenResult(grid=grid, cloud_fraction=fraction, keep=keep, cloud=cloud, kept_data=kept)
 
     def run(self, works: Sequence[Any], selections: Sequence[np.ndarray], engine, max_batch: int) -> List[Any]:
         """Screen the selected tiles of a batch of frames in shared inference calls.
@@ -114,10 +119,14 @@ class CloudScreen:
         for w, sel, k in zip(works, selections, counts):
             res = self.screen(w.grid, w.frame.data, probs[start:start + k], sel)
             start += k
-            fields = {"tile": w.grid.tile, "overlap": w.grid.overlap, "tiles": res.tiles_header(),
-                      "cloud_fraction": round(res.frame_cloud_fraction, 4), "threshold": self.threshold,
-                      "buffers": ["mask_packbits", "kept_tiles_dn"]}
             attrs = {"cloud_fraction": res.cloud_fraction, "kept": res.keep.astype(np.float32)}
             stats = {"tiles": int(sel.sum()), "discarded": int((sel & ~res.keep).sum())}
-            out.append((fields, res.buffers(), attrs, stats))
+            out.append((functools.partial(self.message, res), None, attrs, stats))
         return out
+
+    def message(self, res: ScreenResult):
+        """``(fields, buffers)`` of the result message of one frame (built off the worker thread)."""
+        fields = {"tile": res.grid.tile, "overlap": res.grid.overlap, "tiles": res.tiles_header(),
+                  "cloud_fraction": round(res.frame_cloud_fraction, 4), "threshold": self.threshold,
+                  "buffers": ["mask_packbits", "kept_tiles_dn"]}
+        return fields, res.buffers()
