@@ -1,11 +1,15 @@
-"""Importing every engines module loads no heavy or GPU library (they load lazily in the backend that needs them)."""
+"""Importing every engines module (and the onboard modules around FL and the uplink) loads no heavy or GPU library (they load lazily in the backend that needs them)."""
 import subprocess
 import sys
 
 MODULES = ["engines.archive", "engines.build", "engines.bundle", "engines.cli", "engines.compare", "engines.hashing",
            "engines.manifest", "engines.plan", "engines.signing", "engines.summary", "engines.targets",
            "engines.runners", "engines.runners.devicebuf", "engines.runners.onnxrt", "engines.runners.reference",
-           "engines.runners.tensorrt"]
+           "engines.runners.tensorrt", "engines.ops", "engines.ops.cuda_ops", "engines.ops.cuda_lib",
+           "engines.ops.graph", "engines.ops.preprocess", "engines.ops.rx", "engines.ops.nsi",
+           "engines.ops.cloud_fraction",
+           # the onboard modules that reach torch or a GPU library only inside the code that needs them
+           "onboard.daemon", "onboard.uplink", "onboard.fl.client", "onboard.fl.stage", "onboard.fl.learner"]
 HEAVY = ["torch", "tensorrt", "pycuda", "cuda", "onnxruntime", "onnx"]
 
 
