@@ -81,8 +81,8 @@ def test_daemon_runs_a_deferred_round_and_downlinks_the_update(tiny_bundle, tmp_
     from sim.processes import DaemonProcess, stable_tcp_endpoint
     data, x, y = _data(tmp_path)
     pkg, params = _global(tmp_path, round_no=3)
-    eclipse = [{"power_w": 6.0, "temp_c": 30.0, "soc": 0.8, "sunlit": False, "t": float(i)} for i in range(8)]
-    sun = [{"power_w": 6.0, "temp_c": 30.0, "soc": 0.8, "sunlit": True, "t": 8.0}]
+    eclipse = [{"power_w": 6.0, "temp_c": 30.0, "soc": 0.8, "sunlit": False, "t": float(i)} for i in range(24)]
+    sun = [{"power_w": 6.0, "temp_c": 30.0, "soc": 0.8, "sunlit": True, "t": 24.0}]
     eps = {k: stable_tcp_endpoint() for k in ("sensor", "results", "acks", "control", "heartbeat", "uplink")}
     settings = DaemonSettings.from_mapping({
         "bundle": tiny_bundle, "workdir": str(tmp_path / "daemon"), "sensor_endpoint": eps["sensor"],
