@@ -1,4 +1,4 @@
-// device_common.cuh - internal: small helpers shared by the RX and NSI kernels.
+// device_common.cuh - internal: small helpers shared by the preprocessing, RX and NSI kernels.
 //
 // Everything here is __host__ __device__ so that the per-pixel / per-element
 // arithmetic of the kernels can also run as host code (the host emulation test

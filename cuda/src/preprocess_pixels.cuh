@@ -13,27 +13,10 @@
 #include <cuda_runtime.h>
 #endif
 
-#define SATEDGE_HD __host__ __device__ __forceinline__
-
-// `#pragma unroll` for device code only (host compilers warn on it).
-#ifdef __CUDA_ARCH__
-#define SATEDGE_UNROLL _Pragma("unroll")
-#else
-#define SATEDGE_UNROLL
-#endif
+#include "device_common.cuh"  // SATEDGE_HD, SATEDGE_UNROLL, cached_load
 
 namespace satedge {
 namespace detail {
-
-// Read-only load: through the read-only data cache on the device.
-template <class T>
-SATEDGE_HD T load_ro(const T *p) {
-#ifdef __CUDA_ARCH__
-    return __ldg(p);
-#else
-    return *p;
-#endif
-}
 
 // Frame geometry, window and calibration arrays of one call.
 struct FrameWindow {
@@ -86,10 +69,10 @@ SATEDGE_HD RowCtx make_row_ctx(const FrameWindow &w, int64_t row) {
                                         : row / w.tile_h;
     const int64_t y = static_cast<int64_t>(w.y0) + (row - b * w.tile_h);
     RowCtx r;
-    r.calib.dark = w.dark ? load_ro(w.dark + b) : 0.0f;
-    r.calib.gain = w.gain ? load_ro(w.gain + b) : 1.0f;
-    r.calib.scale = w.scale ? load_ro(w.scale + b) : 1.0f;
-    r.calib.offset = w.offset ? load_ro(w.offset + b) : 0.0f;
+    r.calib.dark = w.dark ? cached_load(w.dark + b) : 0.0f;
+    r.calib.gain = w.gain ? cached_load(w.gain + b) : 1.0f;
+    r.calib.scale = w.scale ? cached_load(w.scale + b) : 1.0f;
+    r.calib.offset = w.offset ? cached_load(w.offset + b) : 0.0f;
     r.in_frame = y >= 0 && y < w.height;
     r.src_row = r.in_frame ? (b * w.height + y) * w.width : 0;
     return r;
@@ -101,11 +84,11 @@ struct U16Source {
     static const int kVecAlign = 8;  // bytes, for the base pointer
     const uint16_t *p;
 
-    SATEDGE_HD unsigned at(int64_t i) const { return load_ro(p + i); }
+    SATEDGE_HD unsigned at(int64_t i) const { return cached_load(p + i); }
 
     // Pixels i .. i+3; i % 4 == 0 and p 8-byte aligned.
     SATEDGE_HD void vec(int64_t i, unsigned dn[kVec]) const {
-        const ushort4 v = load_ro(reinterpret_cast<const ushort4 *>(p + i));
+        const ushort4 v = cached_load(reinterpret_cast<const ushort4 *>(p + i));
         dn[0] = v.x;
         dn[1] = v.y;
         dn[2] = v.z;
@@ -124,8 +107,8 @@ struct U12PackedSource {
     // bytes floor(1.5 i) and floor(1.5 i) + 1.
     SATEDGE_HD unsigned at(int64_t i) const {
         const int64_t byte = (i * 3) >> 1;
-        const unsigned lo = load_ro(p + byte);
-        const unsigned hi = load_ro(p + byte + 1);
+        const unsigned lo = cached_load(p + byte);
+        const unsigned hi = cached_load(p + byte + 1);
         return (i & 1) ? ((lo >> 4) | (hi << 4)) : (lo | ((hi & 0xFu) << 8));
     }
 
@@ -133,9 +116,9 @@ struct U12PackedSource {
     // 12) and p 4-byte aligned. Words are little-endian, as on every CUDA GPU.
     SATEDGE_HD void vec(int64_t i, unsigned dn[kVec]) const {
         const unsigned *q = reinterpret_cast<const unsigned *>(p + ((i * 3) >> 1));
-        const unsigned w0 = load_ro(q);
-        const unsigned w1 = load_ro(q + 1);
-        const unsigned w2 = load_ro(q + 2);
+        const unsigned w0 = cached_load(q);
+        const unsigned w1 = cached_load(q + 1);
+        const unsigned w2 = cached_load(q + 2);
         dn[0] = w0 & 0xFFFu;                        // bits  0..11
         dn[1] = (w0 >> 12) & 0xFFFu;                // bits 12..23
         dn[2] = (w0 >> 24) | ((w1 & 0xFu) << 8);    // bits 24..35
