@@ -41,6 +41,7 @@ from onboard.engineset import EngineSet
 from onboard.governor import Governor
 from onboard.health import HealthMonitor, RestartCounter, Stage
 from onboard.ingest import Ingest
+from onboard.kernels import TileKernels
 from onboard.outbox import Outbox
 from onboard.pipeline import Pipeline, streams_of
 from onboard.scheduler import Scheduler
@@ -94,13 +95,18 @@ class Daemon:
         self.scheduler = Scheduler(s.scheduler.capacities, s.scheduler.total_capacity or None,
                                    on_shed=lambda item, reason: self.counters.dropped(reason))
         try:
+            self.kernels = TileKernels(s.kernels)
+        except UserError as exc:
+            log.error("%s", exc)
+            return exitcodes.CONFIG
+        try:
             if s.store_root:
                 from onboard.store import EngineStore
                 self.store = EngineStore(s.store_root, trusted_keys=s.trusted_keys)
                 actions = self.store.recover()
                 if any(actions.values()):
                     log.info("engine store recovery: %s", actions)
-            self.engines = EngineSet(s, self.store)
+            self.engines = EngineSet(s, self.store, self.kernels)
             self.pipelines = {name: Pipeline(name, st, self.engines, s.max_batch)
                               for name, st in streams_of(s).items()}
         except UserError as exc:                 # BundleError, SignatureError, StoreError, bad pipeline ...
@@ -196,6 +202,7 @@ class Daemon:
         self.finished.set()
         self.monitor.stages["control"].thread.join(2.0)
         self.engines.close()
+        self.kernels.close()
         self.governor.close()
         stats = self.status()
         self._write_stats(stats)
@@ -281,7 +288,7 @@ class Daemon:
                     draining=self.stop.is_set() or self.ingest.paused, dead_letters=os.path.join(self.settings.workdir, "deadletter.sqlite"),
                     engine=engine, engines=self.engines.describe(), scheduler=self.scheduler.stats(),
                     outbox=self.downlink.snapshot(), power=self.governor.snapshot(), ingest=self.ingest.snapshot(),
-                    worker=self.worker.snapshot(), engine_ops=list(self.handler.jobs),
+                    worker=self.worker.snapshot(), engine_ops=list(self.handler.jobs), kernels=self.kernels.snapshot(),
                     uplink=self.uplink.snapshot(), fl=None if self.fl is None else self.fl.snapshot(),
                     health={"stages": self.monitor.snapshot(), "events": self.monitor.events[-10:],
                             "restarts_recent": len(self.restarts.recent(h.restart_window_s)),

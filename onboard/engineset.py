@@ -19,6 +19,7 @@ import numpy as np
 from engines.bundle import Bundle
 from engines.errors import UserError
 from engines.runners import runner_for
+from onboard.kernels import normalize_tiles
 from onboard.scheduler import DeviceAssigner, allowed_devices
 
 log = logging.getLogger("satedge.onboard")
@@ -33,6 +34,7 @@ class LoadedEngine:
     bundle: Bundle
     runner: Any
     device: str
+    kernels: Any = None            # onboard.kernels.TileKernels: normalizes the DN tiles (numpy or CUDA)
 
     def __post_init__(self) -> None:
         m = self.bundle.manifest
@@ -57,10 +59,11 @@ class LoadedEngine:
         """
         chunks: List[Dict[str, np.ndarray]] = []
         for i in range(0, len(tiles), max_batch):
-            x = tiles[i:i + max_batch].astype(np.float32)
-            if self.scale is not None:
-                x *= self.scale
-                x += self.offset
+            if self.scale is None:
+                x = tiles[i:i + max_batch].astype(np.float32)
+            else:
+                x = (self.kernels.normalize if self.kernels is not None else normalize_tiles)(
+                    tiles[i:i + max_batch], self.scale, self.offset)
             out = self.runner.infer({self.input_name: x}, check_inputs=not chunks)
             chunks.append(post(out) if post is not None else out)
         if len(chunks) <= 1:
@@ -77,10 +80,12 @@ class EngineSet:
         Backend, threads, DLA cores, trusted keys and the variant order (``power.variants``).
     store : onboard.store.EngineStore, optional
         Where engine names are looked up (their active slot); bundle folders need none.
+    kernels : onboard.kernels.TileKernels, optional
+        How DN tiles are normalized before inference (numpy when omitted).
     """
 
-    def __init__(self, settings, store=None):
-        self.settings, self.store = settings, store
+    def __init__(self, settings, store=None, kernels=None):
+        self.settings, self.store, self.kernels = settings, store, kernels
         self.order: Tuple[str, ...] = tuple(settings.power.variants)
         devices = ["CPU"] if settings.backend != "tensorrt" else \
             ["GPU"] + ["DLA%d" % k for k in range(settings.dla_cores)] + ["CPU"]
@@ -116,7 +121,7 @@ class EngineSet:
         else:
             runner = runner_for(bundle, s.backend)
         runner.activate()
-        return LoadedEngine(ref, variant, bundle, runner, device)
+        return LoadedEngine(ref, variant, bundle, runner, device, self.kernels)
 
     def add(self, stage: str, ref: str, variants: Dict[str, str], from_store: bool) -> None:
         """Load and activate the engines of one stage (raises ``UserError`` subclasses on bad bundles)."""

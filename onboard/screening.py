@@ -93,15 +93,21 @@ class CloudScreen:
                             f"{engine.output_names}); a cloud_screen stage needs the per-pixel cloud probability")
 
     def screen(self, grid: TileGrid, data: np.ndarray, tiles_cloud: np.ndarray,
-               selected: Optional[np.ndarray] = None) -> ScreenResult:
-        """Turn the cloud masks (probability > 0.5) of the selected tiles of one frame into a :class:`ScreenResult`."""
+               selected: Optional[np.ndarray] = None, kernels=None) -> ScreenResult:
+        """Turn the cloud masks (probability > 0.5) of the selected tiles of one frame into a :class:`ScreenResult`.
+
+        ``kernels`` (:class:`onboard.kernels.TileKernels`) computes the cloud fractions (numpy when omitted).
+        """
         n, t = len(grid), grid.tile
         selected = np.ones(n, bool) if selected is None else selected
         cloud = np.zeros((n, t, t), bool)
         cloud[selected] = tiles_cloud.reshape(-1, t, t)
         valid = _valid_mask(grid)
         fraction = np.full(n, np.nan, np.float32)
-        fraction[selected] = ((cloud & valid).sum(axis=(1, 2)) / valid.sum(axis=(1, 2)))[selected]
+        if kernels is not None:
+            fraction[selected] = kernels.cloud_fraction(cloud[selected], valid[selected])
+        else:
+            fraction[selected] = ((cloud & valid).sum(axis=(1, 2)) / valid.sum(axis=(1, 2)))[selected]
         keep = selected & (np.nan_to_num(fraction, nan=1.0) <= self.threshold)
         kept = [data[:, r:r + h, c:c + w] for (r, c, h, w), k in zip(grid.windows(), keep) if k]
         return ScreenResult(grid=grid, cloud_fraction=fraction, keep=keep, cloud=cloud, kept_data=kept)
@@ -117,7 +123,7 @@ class CloudScreen:
             if tiles is not None else np.zeros((0, 1), bool)
         out, start = [], 0
         for w, sel, k in zip(works, selections, counts):
-            res = self.screen(w.grid, w.frame.data, probs[start:start + k], sel)
+            res = self.screen(w.grid, w.frame.data, probs[start:start + k], sel, getattr(engine, "kernels", None))
             start += k
             attrs = {"cloud_fraction": res.cloud_fraction, "kept": res.keep.astype(np.float32)}
             stats = {"tiles": int(sel.sum()), "discarded": int((sel & ~res.keep).sum())}

@@ -159,6 +159,7 @@ class DaemonSettings:
     control_authorized_keys: List[str] = field(default_factory=list)   # operators' .curve.pub files or folders
     heartbeat_interval_s: float = 1.0
     backend: str = "onnxrt"
+    kernels: str = "auto"                 # tile normalization / cloud fraction: "auto", "cuda" or "reference"
     dla_cores: int = 0
     intra_op_threads: int = 2
     max_batch: int = 16                   # tiles per inference call
@@ -183,6 +184,9 @@ class DaemonSettings:
                             "directory, or 'store_root' and 'engine' to serve the active engine of a store")
         if self.store_root and not self.trusted_keys:
             raise UserError("settings: 'store_root' needs 'trusted_keys' (public keys from `satedge keys gen`)")
+        if self.kernels not in ("auto", "cuda", "reference"):
+            raise UserError(f"settings: kernels {self.kernels!r} is not 'auto', 'cuda' (the CUDA kernels of cuda/, "
+                            "fails without a GPU) or 'reference' (numpy)")
         if self.sensor_pattern not in ("pull", "sub"):
             raise UserError(f"settings: sensor_pattern {self.sensor_pattern!r} is not 'pull' or 'sub'")
         if not 0.0 <= self.cloud_threshold <= 1.0:
