@@ -23,6 +23,7 @@ from engines.durable import write_durable
 from engines.errors import UserError
 from engines.hashing import sha256_bytes
 from engines.manifest import MANIFEST_FILE, Manifest
+from engines.ops.trt_plugins import load_plugins, tensorrt_model_bytes, uses_satedge_ops
 from engines.plan import PlanEntry, normalize_sm, read_plan_header, same_release
 from engines.signing import SIGNATURE_FILE, sign_bundle
 from engines.targets import check_onnx_for_target, get_profile
@@ -95,7 +96,11 @@ def _network(trt: Any, bundle: Bundle):
     flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(bundle.model_path.read_bytes()):
+    model = bundle.model_path.read_bytes()
+    if uses_satedge_ops(model):                      # satedge.ops nodes become cuda/plugins plugins
+        load_plugins(trt)
+        model = tensorrt_model_bytes(model)
+    if not parser.parse(model):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise UserError("TensorRT %s could not parse %s: %s" % (trt.__version__, bundle.model_path, errors))
     return logger, builder, network, parser

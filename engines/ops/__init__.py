@@ -18,6 +18,8 @@ module                    op                                          CUDA entry
 ========================  ==========================================  ============================
 
 :mod:`engines.ops.cuda_ops` runs the kernels on numpy arrays (copies in, kernel, copies out) for
-hosts with a GPU; elsewhere the references or the ONNX forms give the same results. Importing
+hosts with a GPU; elsewhere the references or the ONNX forms give the same results.
+:mod:`engines.ops.trt_plugins` turns a model's op nodes into the TensorRT plugins of
+``cuda/plugins`` for engine builds. Importing
 any module here loads neither onnx, onnxruntime, torch nor a CUDA library.
 """

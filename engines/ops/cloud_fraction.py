@@ -67,7 +67,8 @@ def build_function(tile_pixels: int):
     frac = b.op("Div", [count, b.const(np.float64(tile_pixels))], "fraction64")
     b.op("Cast", [frac], out="fraction", to=TensorProto.FLOAT)
     return make_function("CloudFraction", ["mask"], ["fraction"], b,
-                         doc="satedge per-tile cloud fraction, %d pixels per tile" % tile_pixels)
+                         doc="satedge per-tile cloud fraction, %d pixels per tile" % tile_pixels,
+                         fields=dict(tile_pixels=tile_pixels))
 
 
 def build_model(tile_pixels: int, inline: bool = False):

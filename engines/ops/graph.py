@@ -13,7 +13,7 @@ body straight into the graph instead (IR version 7) for parsers older than that.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -74,12 +74,21 @@ class Body:
         return self.op("Slice", [x, self.ints(starts), self.ints(ends), self.ints(axes)], hint or "slice", out=out)
 
 
-def make_function(name: str, inputs: Sequence[str], outputs: Sequence[str], body: Body, doc: str = ""):
-    """A ``FunctionProto`` ``DOMAIN::name`` over standard opset-13 operators."""
+def make_function(name: str, inputs: Sequence[str], outputs: Sequence[str], body: Body, doc: str = "",
+                  fields: Optional[Mapping[str, object]] = None):
+    """A ``FunctionProto`` ``DOMAIN::name`` over standard opset-13 operators.
+
+    ``fields`` are the op's parameters as the TensorRT plugin takes them (int -> INT, float ->
+    FLOAT attributes, in order): the function declares them with their values as defaults and
+    :func:`function_model` repeats them on the call node. The body does not read them (its
+    constants are baked in); they are for :mod:`engines.ops.trt_plugins`.
+    """
     from onnx import helper
     fn = helper.make_function(DOMAIN, name, list(inputs), list(outputs), body.nodes,
                               [helper.make_opsetid("", OPSET)])
     fn.doc_string = doc
+    for key, value in (fields or {}).items():
+        fn.attribute_proto.append(helper.make_attribute(key, float(value) if isinstance(value, float) else int(value)))
     return fn
 
 
@@ -121,6 +130,7 @@ def function_model(fn, inputs: Sequence[TensorSig], outputs: Sequence[TensorSig]
         model.ir_version = _INLINE_IR
     else:
         call = helper.make_node(fn.name, in_names, out_names, domain=DOMAIN)
+        call.attribute.extend(fn.attribute_proto)
         graph = helper.make_graph([call], fn.name, [_value_info(s) for s in inputs], [_value_info(s) for s in outputs])
         model = helper.make_model(graph, functions=[fn],
                                   opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)])

@@ -173,8 +173,10 @@ def build_function(shape: Tuple[int, int], p: int = 3, beta: float = 0.5, lam: f
         rho = b.op("Where", [b.op("Greater", [den, zero]), b.op("Div", [am, den]), zero], "rho")
         w = b.op("Add", [b.const(np.float32(1) - np.float32(beta)), b.op("Mul", [b.const(np.float32(beta)), rho])])
         score = b.op("Mul", [b.op("Abs", ["grad"]), w], "score", out=out_score)
+    fields = dict(p=int(p), beta=float(beta), lam=float(lam), variant=VARIANTS.index(variant))
     if k is None:
-        return make_function("NsiScore", ["grad"], ["score"], b, doc="satedge NSI score, p=%d, %s" % (p, variant))
+        return make_function("NsiScore", ["grad"], ["score"], b, doc="satedge NSI score, p=%d, %s" % (p, variant),
+                             fields=fields)
     k = int(k)
     if not 1 <= k <= rows * cols:
         raise UserError("k must be in 1..%d, got %d" % (rows * cols, k))
@@ -185,7 +187,7 @@ def build_function(shape: Tuple[int, int], p: int = 3, beta: float = 0.5, lam: f
     b.op("Gather", [b.op("Reshape", ["grad", flat]), index], out="value", axis=0)
     b.slice(top, [k - 1], [k], [0], out="threshold")
     return make_function("NsiSparsify", ["grad"], ["index", "value", "threshold"], b,
-                         doc="satedge NSI sparsification, p=%d, %s, k=%d" % (p, variant, k))
+                         doc="satedge NSI sparsification, p=%d, %s, k=%d" % (p, variant, k), fields=dict(k=k, **fields))
 
 
 def run_onnx(grad, k: Optional[int] = None, *, p: int = 3, beta: float = 0.5, lam: float = 1.0,

@@ -171,9 +171,12 @@ def build_function(packing: str, shape: Sequence[int], window: Optional[Window] 
         b.op("Add", [t, o], out="y")
     else:
         b.op("Cast", [b.op("Add", [t, o], "y32")], out="y", to=TensorProto.FLOAT16)
+    fields = dict(bands=bands, height=height, width=width, x0=x0, y0=y0, tile_h=th, tile_w=tw,
+                  dtype=DTYPES.index(dtype))
     return make_function("Preprocess" + packing.upper(), ["src", "dark", "gain", "scale", "offset"], ["y"], b,
                          doc="satedge fused sensor preprocessing, frame %s, window %s" % ((bands, height, width),
-                                                                                           (x0, y0, th, tw)))
+                                                                                           (x0, y0, th, tw)),
+                         fields=fields)
 
 
 def build_model(packing: str, shape: Sequence[int], window: Optional[Window] = None, dtype: str = "float32",

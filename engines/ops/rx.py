@@ -212,7 +212,8 @@ def build_local_function(bands: int, outer: int = 15, inner: int = 5, regulariza
     b.op("Cast", [b.op("Squeeze", [score, b.ints([0])])], out="score", to=TensorProto.FLOAT)
     return make_function("RxLocal", ["cube"], ["score"], b,
                          doc="satedge local RX, %d bands, windows %d/%d, regularization %g"
-                         % (d, outer, inner, regularization))
+                         % (d, outer, inner, regularization),
+                         fields=dict(outer=int(outer), inner=int(inner), regularization=float(regularization)))
 
 
 def run_global_onnx(cube, mean, inv_cov, inline: bool = False) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 
 from engines.bundle import Bundle
 from engines.errors import RunnerError, UserError
+from engines.ops.trt_plugins import load_plugins, uses_satedge_ops
 from engines.plan import PlanEntry, check_plan_compatible, normalize_sm, read_plan_header, select_plan
 from engines.runners.base import InputSpec, Runner
 from engines.runners.devicebuf import DeviceMemory, gpu_present, open_device_memory
@@ -102,6 +103,8 @@ class TensorRTRunner(Runner):
             entry = self._choose(trt.__version__, sm)
             data = self.bundle.file_path(entry.file).read_bytes()
             check_plan_compatible(entry, trt.__version__, sm, read_plan_header(data))
+            if uses_satedge_ops(self.bundle.model_path.read_bytes()):
+                load_plugins(trt)                    # the plan holds satedge plugin layers
             self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
             if entry.dla_core is not None:
                 self._runtime.DLA_core = entry.dla_core
