@@ -240,12 +240,20 @@ class Pipeline:
         """The tiling of ``frame`` (its cost in the scheduler is ``len(grid)``)."""
         return TileGrid(frame.data.shape[1], frame.data.shape[2], self.tile, self.overlap)
 
-    def run(self, frames: Sequence[Frame], variant: str) -> List[List[StageResult]]:
-        """Run every stage on a batch of frames with the engines of ``variant``; results per frame."""
+    def cut(self, frame: Frame) -> np.ndarray:
+        """The tiles of ``frame`` (n, bands, tile, tile): ingest cuts them ahead of the worker."""
+        return self.grid(frame).cut(frame.data)
+
+    def run(self, frames: Sequence[Frame], variant: str,
+            tiles: Optional[Sequence[Optional[np.ndarray]]] = None) -> List[List[StageResult]]:
+        """Run every stage on a batch of frames with the engines of ``variant``; results per frame.
+
+        ``tiles`` are the frames' tiles from :meth:`cut` where they were cut ahead (None: cut here).
+        """
         works = []
-        for f in frames:
+        for f, t in zip(frames, tiles or [None] * len(frames)):
             grid = self.grid(f)
-            works.append(FrameWork(f, grid, grid.cut(f.data)))
+            works.append(FrameWork(f, grid, t if t is not None and len(t) == len(grid) else grid.cut(f.data)))
         out: List[List[StageResult]] = [[] for _ in frames]
         for n in self.order:
             s = self.stages[n]

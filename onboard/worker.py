@@ -75,7 +75,8 @@ class Worker:
             start = time.perf_counter()
             self.seconds["wait"] += start - t0
             try:
-                results = self.pipelines[jobs[0].engine_key].run([j.item[0] for j in jobs], decision.variant)
+                results = self.pipelines[jobs[0].engine_key].run([j.item[0] for j in jobs], decision.variant,
+                                                                 [j.item[2] for j in jobs])
             except Exception:
                 log.error("batch of %d frame(s) failed in the engine:\n%s", len(jobs), traceback.format_exc())
                 if ctx.take_claim() is not None:
