@@ -16,6 +16,10 @@
 # those with CUDA 12's NVRTC and ptxas from pip (nvidia-cuda-nvrtc-cu12,
 # nvidia-cuda-nvcc-cu12, nvidia-cuda-runtime-cu12 for the headers), one line
 # per (file, arch) in the same format. It does not need nvcc.
+# Without arguments it then runs plugins/check_plugins.sh: the TensorRT plugin
+# sources compiled (syntax only) against the TensorRT headers, skipped with one
+# line when there are none (SATEDGE_TENSORRT_INCLUDE or TensorRT_ROOT point at
+# them).
 # Nothing runs on a GPU. Exit status: 0 when everything compiled (or a
 # compiler is absent: that part is skipped with a line saying so), 1 when any
 # compile failed.
@@ -134,6 +138,15 @@ case "${SATEDGE_NVRTC_CHECK:-}" in
         fi
         ;;
 esac
+
+# TensorRT plugin wrappers (cuda/plugins): g++ -fsyntax-only against the
+# TensorRT headers; one "plugins: skipped: ..." line where there are none.
+# Only in a full check (no files named).
+if [ "$#" -eq 0 ]; then
+    if ! bash "$here/plugins/check_plugins.sh"; then
+        failures=$((failures + 1))
+    fi
+fi
 
 if [ "$failures" -ne 0 ]; then
     echo "CUDA compile check: $failures failure(s)"

@@ -123,9 +123,12 @@ def test_check_script_skips_without_nvcc():
     proc = _run_check(env=env)
 
     assert proc.returncode == 0, proc.stdout
-    assert proc.stdout.strip().splitlines() == ["nvcc not found: skipping CUDA compile check",
-                                                "NVRTC check disabled (SATEDGE_NVRTC_CHECK=0)",
-                                                "CUDA compile check passed"]
+    lines = proc.stdout.strip().splitlines()
+    plugins = [line for line in lines if line.startswith("plugins:")]
+    assert [line for line in lines if line not in plugins] == ["nvcc not found: skipping CUDA compile check",
+                                                               "NVRTC check disabled (SATEDGE_NVRTC_CHECK=0)",
+                                                               "CUDA compile check passed"]
+    assert len(plugins) == 1 and ("skipped: no TensorRT headers" in plugins[0] or "passed" in plugins[0]), plugins
 
 
 @pytest.fixture(scope="module")
