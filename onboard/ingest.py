@@ -5,8 +5,9 @@ one is rejected with its protocol error code into the dead-letter log and the ne
 A good frame is routed to the pipeline of its stream (or the ``"*"`` pipeline), must have the
 band count its engines take, and is offered to the scheduler with the stream's priority class,
 its ``deadline`` (or now + the stream's ``deadline_s``) and a cost of its tile count. Ingest also
-cuts the frame into its tiles (:meth:`onboard.pipeline.Pipeline.cut`), so that the worker finds
-them ready and spends its time on inference (a deferred class's frames are cut by the worker later).
+cuts each accepted frame into its tiles (:meth:`onboard.pipeline.Pipeline.cut`), so that the worker
+usually finds them ready and spends its time on inference; a frame the worker takes before that, and
+a deferred class's frames, are cut by the worker.
 
 When the frame's queue is full, ``scheduler.admission`` decides: ``block`` stops reading (the
 sensor socket's high-water mark then pushes back on the sender: lossless) until there is room or
@@ -111,12 +112,15 @@ class Ingest:
                 ctx.beat()
                 if give_up is not None and time.monotonic() > give_up:
                     break
-        tiles = pipe.cut(frame) if not self.governor.decision.defers(prio) else None
-        result = self.scheduler.submit((frame, t_recv, tiles), prio, float(deadline), cost=cost, engine_key=pipe.name)
+        item = [frame, t_recv, None]              # [2]: the tiles, cut once the frame is in (see module doc)
+        result = self.scheduler.submit(item, prio, float(deadline), cost=cost, engine_key=pipe.name)
         if result is Admission.REJECTED_FULL:
             self.counters.dropped("queue_full")
-        elif result is Admission.ACCEPTED and self.work_ready is not None:
-            self.work_ready.set()
+        elif result is Admission.ACCEPTED:
+            if self.work_ready is not None:
+                self.work_ready.set()
+            if not self.governor.decision.defers(prio):
+                item[2] = pipe.cut(frame)         # a worker that takes the job first cuts it itself
 
     def snapshot(self) -> Dict[str, Any]:
         """Ingest state for heartbeats."""

@@ -30,10 +30,11 @@ import msgpack
 from engines.errors import UserError
 
 QUEUED, IN_FLIGHT, ACKED = "queued", "in_flight", "acked"
-# Results carry tiles of hundreds of kB: 64 KiB pages (SQLite's largest) store them in a sixteenth of
-# the overflow pages of the 4 KiB default: about half the CPU per 400 kB result stored (2.0 -> 0.9 ms),
-# a third less CPU in the daemon's outbox writer and downlink threads (docs/onboard.md).
-PAGE_SIZE = 65536
+# Results carry tiles of hundreds of kB: 16 KiB pages store them in a quarter of the overflow pages of
+# the 4 KiB default, 2.0 -> 1.1 ms of CPU per 400 kB result stored. 64 KiB pages (0.9 ms) made every
+# small commit and ack write whole 64 KiB pages: under the overload test the daemon then processed
+# 12 % fewer single-tile frames and missed 2.4 % of class-0 deadlines (docs/benchmarks.md).
+PAGE_SIZE = 16384
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id TEXT PRIMARY KEY,
