@@ -2,17 +2,22 @@
 
 A profile says which TensorRT, CUDA and Python a target has, its GPU architecture (SM), its DLA
 cores, the precisions worth building, the device-buffer library, and the newest ONNX opset and IR
-version its TensorRT ONNX parser reads. ``check_onnx_for_target`` reads an ONNX file's opset and
-IR version with a small protobuf scan (no ``onnx`` package needed, the graph is skipped, not
-loaded) and refuses a model the target cannot parse.
+version its TensorRT ONNX parser reads. ``check_onnx_for_target`` reads an ONNX file's opset, IR
+version and input types with a small protobuf scan (:mod:`engines.onnx_scan`: no ``onnx``
+package needed, nodes and weights are skipped, not loaded) and refuses a model the target cannot
+parse.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import BinaryIO, Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 from engines.errors import UserError
+from engines.onnx_scan import read_onnx_inputs, read_onnx_versions
+
+__all__ = ["PROFILES", "TargetProfile", "check_onnx_for_target", "get_profile", "read_onnx_inputs",
+           "read_onnx_versions"]
 
 
 @dataclass(frozen=True)
@@ -73,79 +78,15 @@ def get_profile(name: Union[str, TargetProfile]) -> TargetProfile:
     return PROFILES[name]
 
 
-def _varint(fh: BinaryIO) -> Optional[int]:
-    shift = value = 0
-    while shift < 70:
-        byte = fh.read(1)
-        if not byte:
-            return None
-        value |= (byte[0] & 0x7F) << shift
-        if not byte[0] & 0x80:
-            return value
-        shift += 7
-    raise UserError("malformed varint in the ONNX file; it is not a valid ONNX protobuf.")
-
-
-def _opset_entry(blob: bytes) -> Tuple[str, Optional[int]]:
-    import io
-    fh, domain, version = io.BytesIO(blob), "", None
-    while True:
-        tag = _varint(fh)
-        if tag is None:
-            return domain, version
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value = _varint(fh)
-            if number == 2:
-                version = value
-        elif wire == 2:
-            data = fh.read(_varint(fh) or 0)
-            if number == 1:
-                domain = data.decode("utf-8", "replace")
-        else:
-            return domain, version
-
-
-def read_onnx_versions(onnx_path: Union[str, "os.PathLike[str]"]) -> Tuple[int, Dict[str, int]]:
-    """Return ``(ir_version, {domain: opset})`` of an ONNX file, skipping (not loading) its graph.
-
-    The default domain is reported as ``""`` (``"ai.onnx"`` is folded into it).
-    """
-    ir_version, opsets = 0, {}
-    with open(onnx_path, "rb") as fh:
-        while True:
-            tag = _varint(fh)
-            if tag is None:
-                break
-            number, wire = tag >> 3, tag & 7
-            if wire == 0:
-                value = _varint(fh)
-                if number == 1:
-                    ir_version = value or 0
-            elif wire == 2:
-                length = _varint(fh) or 0
-                if number == 8:
-                    domain, version = _opset_entry(fh.read(length))
-                    opsets["" if domain == "ai.onnx" else domain] = version or 0
-                else:
-                    fh.seek(length, os.SEEK_CUR)
-            elif wire in (1, 5):
-                fh.seek(8 if wire == 1 else 4, os.SEEK_CUR)
-            else:
-                raise UserError("%s is not an ONNX model (protobuf wire type %d at top level)." % (onnx_path, wire))
-    if not ir_version or "" not in opsets:
-        raise UserError("%s is not an ONNX model: no ir_version or default-domain opset found. Pass the exported "
-                        ".onnx file." % onnx_path)
-    return ir_version, opsets
-
-
 def check_onnx_for_target(onnx_path: Union[str, "os.PathLike[str]"], profile: Union[str, TargetProfile]) -> None:
-    """Refuse an ONNX model whose opset or IR version the target's TensorRT cannot read.
+    """Refuse an ONNX model whose opset, IR version or input types the target's TensorRT cannot read.
 
     Raises
     ------
     UserError
-        Naming the model's opset and IR version and the profile's limits, and how to fix it.
+        Naming the model's opset and IR version and the profile's limits, or the input whose
+        element type no TensorRT tensor holds (uint16, int16, ...; uint8 before TensorRT 8.5),
+        and how to fix it.
     """
     prof = get_profile(profile)
     ir_version, opsets = read_onnx_versions(onnx_path)
@@ -159,3 +100,25 @@ def check_onnx_for_target(onnx_path: Union[str, "os.PathLike[str]"], profile: Un
         raise UserError("%s has ONNX IR version %d (opset %d) but target %s (%s) reads IR version <= %d. Re-export "
                         "with an older onnx, or set model.ir_version = %d if the graph uses nothing newer."
                         % (onnx_path, ir_version, opset, prof.name, trt, prof.max_ir_version, prof.max_ir_version))
+    for name, dtype in read_onnx_inputs(onnx_path):
+        why = _input_type_problem(dtype, prof)
+        if why:
+            raise UserError("%s: input %r is %s, which %s (target %s) cannot take: %s" % (onnx_path, name, dtype, trt,
+                                                                                       prof.name, why))
+
+
+#: TensorRT's first release with a uint8 tensor type (``DataType.kUINT8``); TensorRT 8.2's ONNX parser
+#: stops at "Unsupported ONNX data type: UINT8 (2)".
+UINT8_SINCE = (8, 5)
+_NO_TENSORRT_TYPE = ("uint16", "int16", "uint32", "uint64", "string", "complex64", "complex128", "not a tensor")
+
+
+def _input_type_problem(dtype: str, prof: TargetProfile) -> str:
+    if dtype in _NO_TENSORRT_TYPE:
+        return ("TensorRT has no such tensor type. Cast on the host before the engine (a uint16 frame: the daemon's "
+                "preprocessing, onboard kernels setting, hands the engine float tiles) and re-export.")
+    if dtype == "uint8" and prof.trt_version and tuple(int(p) for p in prof.trt_version.split(".")[:2]) < UINT8_SINCE:
+        return ("uint8 tensors arrived in TensorRT %d.%d. Start the engine at float tiles: the daemon preprocesses "
+                "frames (PreprocessU12/U16) and counts cloud masks through the kernel library or numpy (onboard "
+                "kernels setting) before the engine; or re-export with a float32/int32 input." % UINT8_SINCE)
+    return ""
