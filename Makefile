@@ -10,7 +10,12 @@ STAMP := $(VENV)/.satedge-installed
 TORCH_LOCAL ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install demo demo-quick test test-all cuda-check bench clean
+# CUDA 11.7 NVRTC + ptxas + headers for the JetPack 5 (CUDA 11.4) compile check (cuda/nvrtc_check.py
+# --cuda 11). In a folder of their own: they would collide with the CUDA 12 packages in .venv.
+CUDA11_DIR := cuda/build/cuda11
+CUDA11_PKGS := "nvidia-cuda-nvrtc-cu11==11.7.*" "nvidia-cuda-nvcc-cu11==11.7.*" "nvidia-cuda-runtime-cu11==11.7.*"
+
+.PHONY: install demo demo-quick test test-all cuda-check cuda11-tools bench clean
 
 install: $(STAMP)
 
@@ -34,7 +39,13 @@ demo-quick: $(STAMP)
 cuda-check:
 	bash cuda/check.sh
 
-test: $(STAMP) cuda-check
+cuda11-tools: $(CUDA11_DIR)/.installed
+
+$(CUDA11_DIR)/.installed: $(STAMP)
+	$(PY) -m pip install -q --no-deps --target $(CUDA11_DIR) $(CUDA11_PKGS)
+	@touch $@
+
+test: $(STAMP) cuda11-tools cuda-check
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

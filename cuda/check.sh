@@ -15,7 +15,10 @@
 # (Nano), sm_62 (TX2) or sm_72 (Xavier), so the same sources are compiled for
 # those with CUDA 12's NVRTC and ptxas from pip (nvidia-cuda-nvrtc-cu12,
 # nvidia-cuda-nvcc-cu12, nvidia-cuda-runtime-cu12 for the headers), one line
-# per (file, arch) in the same format. It does not need nvcc.
+# per (file, arch) in the same format. It does not need nvcc. Then the same
+# with CUDA 11.7 (the nearest on PyPI to JetPack 5's CUDA 11.4) for sm_53,
+# sm_62, sm_72 and sm_87, from cuda/build/cuda11 (`make cuda11-tools`),
+# skipped with one line when that folder is empty.
 # Without arguments it then runs plugins/check_plugins.sh: the TensorRT plugin
 # sources compiled (syntax only) against the TensorRT headers, skipped with one
 # line when there are none (SATEDGE_TENSORRT_INCLUDE or TensorRT_ROOT point at
@@ -112,7 +115,8 @@ if [ -n "$nvcc_bin" ]; then
     fi
 fi
 
-# sm_53 / sm_62 / sm_72 through CUDA 12's NVRTC + ptxas (cuda/nvrtc_check.py).
+# sm_53 / sm_62 / sm_72 through CUDA 12's NVRTC + ptxas, then sm_53 / 62 / 72 / 87
+# through CUDA 11.7's (cuda/nvrtc_check.py).
 case "${SATEDGE_NVRTC_CHECK:-}" in
     0)
         echo "NVRTC check disabled (SATEDGE_NVRTC_CHECK=0)"
@@ -133,8 +137,13 @@ case "${SATEDGE_NVRTC_CHECK:-}" in
         if [ -z "$python_bin" ]; then
             echo "skipping NVRTC check: no python3 (set PYTHON)"
             if [ "${#require[@]}" -gt 0 ]; then failures=$((failures + 1)); fi
-        elif ! "$python_bin" "$here/nvrtc_check.py" "${require[@]}" "${sources[@]}"; then
-            failures=$((failures + 1))
+        else
+            if ! "$python_bin" "$here/nvrtc_check.py" "${require[@]}" "${sources[@]}"; then
+                failures=$((failures + 1))
+            fi
+            if ! "$python_bin" "$here/nvrtc_check.py" --cuda 11 "${require[@]}" "${sources[@]}"; then
+                failures=$((failures + 1))
+            fi
         fi
         ;;
 esac

@@ -1,7 +1,9 @@
-"""cuda/nvrtc_check.py: the sm_53 / sm_62 / sm_72 compile check with CUDA 12's NVRTC and ptxas.
+"""cuda/nvrtc_check.py: the sm_53 / sm_62 / sm_72 compile check with CUDA 12's NVRTC and ptxas,
+and the sm_53 / 62 / 72 / 87 check with CUDA 11.7's (nearest on PyPI to JetPack 5's CUDA 11.4).
 
 Runs where the pip packages nvidia-cuda-nvrtc-cu12, nvidia-cuda-nvcc-cu12 and
-nvidia-cuda-runtime-cu12 (12.9) are installed; otherwise the tests that need them skip with the
+nvidia-cuda-runtime-cu12 (12.9) are installed, and the CUDA 11.7 ones in cuda/build/cuda11
+(`make cuda11-tools`, which `make test` runs); otherwise the tests that need them skip with the
 reason, and the script's own skip message is checked. Nothing runs on a GPU.
 """
 import re
@@ -23,17 +25,19 @@ def _run(*args, python_flags=()):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
 
 
-def _problems():
+def _problems(cuda="12"):
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         import nvrtc_check
-        return nvrtc_check.find_tools()[3]
+        return nvrtc_check.find_tools(cuda)[3]
     finally:
         sys.path.pop(0)
 
 
-PROBLEMS = _problems()
+PROBLEMS, PROBLEMS_11 = _problems(), _problems("11")
 needs_packages = pytest.mark.skipif(bool(PROBLEMS), reason="NVRTC check packages missing: %s" % "; ".join(PROBLEMS))
+needs_cuda11 = pytest.mark.skipif(bool(PROBLEMS_11), reason="CUDA 11.7 packages missing (make cuda11-tools): %s"
+                                  % "; ".join(PROBLEMS_11))
 
 
 @needs_packages
@@ -74,7 +78,36 @@ def test_without_the_packages_it_skips_and_says_what_to_install():
     # -S: no site-packages, so none of the nvidia-* packages can be found.
     proc = _run("--arch", "62", python_flags=("-S",))
     assert proc.returncode == 0, proc.stdout
-    assert proc.stdout.startswith("skipping NVRTC check (sm_62): missing"), proc.stdout
+    assert proc.stdout.startswith("skipping NVRTC 12 check (sm_62): missing"), proc.stdout
     assert "nvidia-cuda-nvrtc-cu12==12.9.*" in proc.stdout and "nvidia-cuda-nvcc-cu12==12.9.*" in proc.stdout
     proc = _run("--arch", "62", "--require", python_flags=("-S",))
-    assert proc.returncode == 1 and proc.stdout.startswith("FAIL NVRTC check"), proc.stdout
+    assert proc.returncode == 1 and proc.stdout.startswith("FAIL NVRTC 12 check"), proc.stdout
+
+
+@needs_cuda11
+def test_every_kernel_source_compiles_with_cuda_11_for_jetpack5_archs():
+    proc = _run("--cuda", "11")
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.startswith("NVRTC 11.7 "), proc.stdout
+    ok = {(name, arch): what for name, arch, what in OK_LINE.findall(proc.stdout)}
+    for src in sorted((REPO / "cuda" / "src").glob("*.cu")):
+        for arch in ARCHS + ("sm_87",):
+            assert (src.name, arch) in ok, "no ok line for %s %s:\n%s" % (src.name, arch, proc.stdout)
+    assert ok[("rx.cu", "sm_87")] == "8 kernels" and ok[("preprocess.cu", "sm_72")] == "8 kernels"
+    assert (REPO / "cuda" / "build" / "nvrtc11" / "nsi_sparsify.sm_87.cubin").stat().st_size > 0
+
+
+@needs_cuda11
+def test_cuda_11_check_fails_on_a_broken_source(tmp_path):
+    broken = tmp_path / "broken11.cu"
+    broken.write_text("__global__ void broken11(float *x) { x[0] = not_declared_here; }\n")
+    proc = _run(broken, "--cuda", "11", "--arch", "87")
+    assert proc.returncode == 1 and "FAIL broken11.cu sm_87" in proc.stdout and "not_declared_here" in proc.stdout
+
+
+def test_cuda_11_without_its_folder_skips_and_says_how_to_install(tmp_path):
+    proc = _run("--cuda", "11", "--tools", tmp_path / "empty")
+    assert proc.returncode == 0 and proc.stdout.startswith("skipping NVRTC 11 check (sm_53, sm_62, sm_72, sm_87)")
+    assert "--target %s 'nvidia-cuda-nvcc-cu11==11.7.*'" % (tmp_path / "empty") in proc.stdout, proc.stdout
+    proc = _run("--cuda", "11", "--tools", tmp_path / "empty", "--require")
+    assert proc.returncode == 1 and proc.stdout.startswith("FAIL NVRTC 11 check"), proc.stdout
