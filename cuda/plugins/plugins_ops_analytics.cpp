@@ -146,7 +146,9 @@ bool gradDims(char const* op, Dims const& grad, ErrorText& err) noexcept {
     if (!rankIs(op, "grad", grad, 2, err)) {
         return false;
     }
-    if (grad.d[0] >= 0 && grad.d[1] >= 0 && grad.d[0] * grad.d[1] > kInt32Max) {
+    // d0 * d1 > kInt32Max without computing the product: it would overflow the int32_t extents of
+    // TensorRT 8.x (and could overflow int64_t ones).
+    if (grad.d[0] > 0 && grad.d[1] > 0 && grad.d[1] > kInt32Max / grad.d[0]) {
         setError(err, "%s: grad has 2^31 or more elements", op);
         return false;
     }
@@ -222,9 +224,11 @@ bool npCheckDims(FieldValues const& v, Dims const* in, Dims const* out, ErrorTex
     if (!gradDims(kNp, in[0], err)) {
         return false;
     }
-    if (in[0].d[0] >= 0 && in[0].d[1] >= 0 && in[0].d[0] * in[0].d[1] < v.i[kNpK]) {
+    // int64_t: int32_t extents before TensorRT 10; gradDims bounded the product of known extents.
+    int64_t const elements = static_cast<int64_t>(in[0].d[0]) * in[0].d[1];
+    if (in[0].d[0] >= 0 && in[0].d[1] >= 0 && elements < v.i[kNpK]) {
         setError(err, "%s: k = %d is more than the %lld gradient elements", kNp, v.i[kNpK],
-                 static_cast<long long>(in[0].d[0] * in[0].d[1]));
+                 static_cast<long long>(elements));
         return false;
     }
     return rankIs(kNp, "index", out[0], 1, err) && extentIs(kNp, "index", out[0], 0, v.i[kNpK], err) &&
