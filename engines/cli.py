@@ -7,16 +7,13 @@ unpacked (with ``extract_archive``'s checks) into a temporary directory first.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
-import numpy as np
-
+from engines.cli_files import input_file, one_line, opened, output_parent
+from engines.cli_pack import run_pack
 from engines.errors import SignatureError, UserError
-
 
 def add_parsers(subparsers) -> None:
     """Add the ``keys`` and ``engines`` sides and their verbs to the top-level parser."""
@@ -48,7 +45,7 @@ def add_parsers(subparsers) -> None:
     pack.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="override the manifest precision")
     pack.add_argument("--sign", metavar="KEY", help="sign the new bundle with this private key")
     pack.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
-    pack.set_defaults(func=_pack)
+    pack.set_defaults(func=run_pack)
 
     sign = verbs.add_parser("sign", help="sign a bundle directory (writes manifest.sig)")
     sign.add_argument("bundle")
@@ -85,7 +82,9 @@ def add_parsers(subparsers) -> None:
 
     compare = verbs.add_parser("compare", help="run backends on the reference vectors and compare")
     compare.add_argument("bundle", help="bundle directory or .tar/.tar.gz")
-    compare.add_argument("--backends", default="onnxrt,reference", help="comma-separated (default onnxrt,reference)")
+    compare.add_argument("--backends", help="comma-separated, from %s (default: those that can run this bundle: "
+                         "onnxrt; reference when the manifest has reference_op; tensorrt when it has plans and "
+                         "TensorRT imports here)" % ", ".join(("onnxrt", "tensorrt", "reference")))
     compare.add_argument("--tolerance", action="append", default=[], metavar="PREC=VALUE",
                          help="override a tolerance, e.g. int8=0.08")
     compare.set_defaults(func=_compare)
@@ -93,23 +92,6 @@ def add_parsers(subparsers) -> None:
     targets = verbs.add_parser("targets", help="list target profiles")
     targets.add_argument("--json", action="store_true")
     targets.set_defaults(func=_targets)
-
-
-@contextlib.contextmanager
-def _opened(path: str, keys: Sequence[str] = ()) -> Iterator:
-    """Open a bundle directory or tar (``trusted_keys`` checked when ``keys`` is non-empty)."""
-    from engines.archive import extract_archive
-    from engines.bundle import Bundle
-
-    trusted = list(keys) or None
-    p = Path(path)
-    if p.is_dir():
-        yield Bundle.open(p, trusted_keys=trusted)
-        return
-    if not p.is_file():
-        raise UserError("no bundle directory or archive at %s." % p)
-    with tempfile.TemporaryDirectory(prefix="satedge-bundle-") as tmp:
-        yield Bundle.open(extract_archive(p, Path(tmp) / "bundle"), trusted_keys=trusted)
 
 
 def _signer(bundle) -> Optional[str]:
@@ -123,6 +105,18 @@ def _signer(bundle) -> Optional[str]:
 
 
 def _keys_gen(args) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError("keys gen --out %s is a file, not a directory; pass a directory for the key pair (it is "
+                        "created when missing)." % out)
+    try:
+        return _keys_gen_in(args)
+    except OSError as exc:
+        raise UserError("cannot write keys under --out %s: %s; pass a directory you can write to."
+                        % (out, one_line(exc))) from None
+
+
+def _keys_gen_in(args) -> int:
     if getattr(args, "curve", False):
         from engines.keyfiles import generate_curve_keypair
         secret, public = generate_curve_keypair(args.out, args.name)
@@ -136,64 +130,6 @@ def _keys_gen(args) -> int:
     return 0
 
 
-def _auto_reference(model: Path, inputs, outputs):
-    import onnxruntime as ort
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for s in inputs:
-        shape = tuple(d if isinstance(d, int) else 1 for d in s.shape)
-        feeds[s.name] = (rng.standard_normal(shape) if np.dtype(s.dtype).kind == "f"
-                         else rng.integers(0, 2, shape)).astype(s.dtype)
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    names = [s.name for s in outputs]
-    return feeds, dict(zip(names, sess.run(names, feeds)))
-
-
-def _pack(args) -> int:
-    if args.from_dir:
-        from engines.archive import pack_archive
-        out = pack_archive(args.from_dir, args.out)
-        print("packed %s -> %s (%d bytes)" % (args.from_dir, out, out.stat().st_size))
-        return 0
-    if not (args.onnx and args.manifest):
-        raise UserError("engines pack needs --onnx MODEL --manifest SPEC.json --out DIR (or --from-dir BUNDLE "
-                        "--out FILE.tar.gz to pack an existing bundle).")
-    from engines.bundle import pack_bundle
-    from engines.manifest import TensorSpec
-    from engines.targets import check_onnx_for_target
-    try:
-        spec = json.loads(Path(args.manifest).read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError("cannot read --manifest %s: %s" % (args.manifest, exc)) from None
-    for key, value in (("name", args.name), ("version", args.version), ("precision", args.precision)):
-        if value is not None:
-            spec[key] = value
-    missing = [k for k in ("name", "version", "precision", "inputs", "outputs") if k not in spec]
-    if missing:
-        raise UserError("--manifest %s lacks %s." % (args.manifest, ", ".join(missing)))
-    for target in spec.get("targets", []):
-        check_onnx_for_target(args.onnx, target)
-    ins = [TensorSpec.from_dict(d) for d in spec["inputs"]]
-    outs = [TensorSpec.from_dict(d) for d in spec["outputs"]]
-    if args.reference:
-        with np.load(args.reference, allow_pickle=False) as npz:
-            ref_in = {k[3:]: npz[k] for k in npz.files if k.startswith("in/")}
-            ref_out = {k[4:]: npz[k] for k in npz.files if k.startswith("out/")}
-    else:
-        ref_in, ref_out = _auto_reference(Path(args.onnx), ins, outs)
-    known = {"name", "version", "precision", "inputs", "outputs", "metrics", "targets", "min_runtime_version"}
-    bundle = pack_bundle(args.out, name=spec["name"], version=spec["version"], model_path=args.onnx,
-                         precision=spec["precision"], inputs=ins, outputs=outs, reference_inputs=ref_in,
-                         reference_outputs=ref_out, metrics=spec.get("metrics"), targets=spec.get("targets", ()),
-                         min_runtime_version=spec.get("min_runtime_version", "0.1.0"), overwrite=args.overwrite,
-                         manifest_extra={k: v for k, v in spec.items() if k not in known})
-    print("packed %s v%d -> %s" % (bundle.manifest.name, bundle.manifest.version, bundle.path))
-    if args.sign:
-        from engines.signing import sign_bundle
-        print("signed with key id %s" % sign_bundle(bundle.path, args.sign))
-    return 0
-
-
 def _sign(args) -> int:
     from engines.signing import sign_bundle
     if not Path(args.bundle).is_dir():
@@ -204,7 +140,7 @@ def _sign(args) -> int:
 
 
 def _verify(args) -> int:
-    with _opened(args.bundle, args.key) as bundle:
+    with opened(args.bundle, args.key) as bundle:
         m = bundle.manifest
         signer = _signer(bundle)
         if args.key:
@@ -218,14 +154,14 @@ def _verify(args) -> int:
 
 def _inspect(args) -> int:
     from engines.summary import describe_bundle
-    with _opened(args.bundle, args.key) as bundle:
+    with opened(args.bundle, args.key) as bundle:
         print(bundle.manifest.to_json() if args.json else describe_bundle(bundle, _signer(bundle), bool(args.key)))
     return 0
 
 
 def _diff(args) -> int:
     from engines.summary import manifest_diff
-    with _opened(args.a) as a, _opened(args.b) as b:
+    with opened(args.a) as a, opened(args.b) as b:
         lines = manifest_diff(a.manifest, b.manifest)
     print("\n".join(lines) if lines else "manifests are identical")
     return 1 if lines else 0
@@ -236,6 +172,17 @@ def _build(args) -> int:
     from engines.bundle import Bundle
     if not Path(args.bundle).is_dir():
         raise UserError("engines build works on a bundle directory (it adds plans/ to it); pack it afterwards.")
+    # checked before the build, which can take many minutes, rather than after it
+    if args.key:
+        input_file(args.key, "--key", "pass the private .key file that 'satedge keys gen' wrote, or leave --key out "
+                    "and sign later with 'satedge engines sign'.")
+    if args.timing_cache:
+        if Path(args.timing_cache).is_dir():
+            raise UserError("--timing-cache %s is a directory; pass a file (it is created when missing)."
+                            % args.timing_cache)
+        output_parent(args.timing_cache, "--timing-cache")
+    if args.workspace_mb <= 0:
+        raise UserError("--workspace-mb %d: give a positive size in MiB (default 1024)." % args.workspace_mb)
     report = build_plan(Bundle.open(args.bundle), args.target, precision=args.precision, dla_core=args.dla_core,
                         timing_cache=args.timing_cache, version_compatible=args.version_compatible,
                         workspace_mb=args.workspace_mb, key=args.key, replace=args.replace)
@@ -247,17 +194,79 @@ def _build(args) -> int:
     return 0
 
 
+def _tensorrt_here() -> Optional[str]:
+    """None when TensorRT imports here (a GPU present), else why not."""
+    from engines.runners.tensorrt import import_tensorrt
+    try:
+        import_tensorrt()
+    except Exception as exc:  # a probe: UserError (no GPU, not installed), or a broken install's own error
+        return one_line(exc)
+    return None
+
+
+def _unrunnable(bundle, backend: str) -> Optional[str]:
+    """Why ``backend`` cannot run ``bundle`` at all (what the bundle lacks), or None when it may run it.
+
+    Only what the bundle itself lacks counts here; whether this host can run a backend that the bundle
+    supports (TensorRT installed, a plan for this GPU) is for the run to find out and report.
+    """
+    m = bundle.manifest
+    if backend == "reference" and "reference_op" not in m.extra:
+        return ("its manifest has no reference_op (the reference backend runs only bundles of one registered numpy "
+                "op, docs/bundle.md 'Reference ops')")
+    if backend == "tensorrt" and not m.plans:
+        return "it has no TensorRT plan (add one with 'satedge engines build DIR --target PROFILE')"
+    return None
+
+
+def default_backends(bundle) -> list:
+    """The backends that can run ``bundle`` here: onnxrt always; reference when the manifest has ``reference_op``;
+    tensorrt when the bundle has plans and TensorRT imports on this host."""
+    chosen = ["onnxrt"]
+    if _unrunnable(bundle, "tensorrt") is None and _tensorrt_here() is None:
+        chosen.append("tensorrt")
+    if _unrunnable(bundle, "reference") is None:
+        chosen.append("reference")
+    return chosen
+
+
 def _compare(args) -> int:
-    from engines.compare import compare_backends
+    from engines.compare import TOLERANCES, compare_backends
+    from engines.runners import BACKENDS
     tolerances = {}
     for item in args.tolerance:
         prec, _, value = item.partition("=")
         try:
-            tolerances[prec] = float(value)
+            tol = float(value)
         except ValueError:
-            raise UserError("--tolerance %r is not PREC=VALUE (e.g. int8=0.08)." % item) from None
-    with _opened(args.bundle) as bundle:
-        report = compare_backends(bundle, [b.strip() for b in args.backends.split(",") if b.strip()], tolerances)
+            tol = float("nan")
+        if prec not in TOLERANCES or not 0 < tol < float("inf"):
+            raise UserError("--tolerance %r is not PREC=VALUE with PREC one of %s and VALUE a finite "
+                            "number > 0 (e.g. int8=0.08)." % (item, ", ".join(TOLERANCES)))
+        tolerances[prec] = tol
+    named = None
+    if args.backends is not None:
+        named = [b.strip() for b in args.backends.split(",") if b.strip()]
+        unknown = [b for b in named if b not in BACKENDS]
+        if unknown or not named:
+            raise UserError("--backends %r: %s; choose from %s, or leave --backends out to run every backend that "
+                            "can run the bundle." % (args.backends, "unknown backend(s) %s" % ", ".join(unknown)
+                                                     if unknown else "no backend named", ", ".join(BACKENDS)))
+    with opened(args.bundle) as bundle:
+        if named is None:
+            backends = default_backends(bundle)
+        else:
+            backends = list(dict.fromkeys(named))
+            why = [(b, _unrunnable(bundle, b)) for b in backends]
+            why = [(b, w) for b, w in why if w]
+            if why:
+                m = bundle.manifest
+                raise UserError("--backends %s: %s. Drop %s from --backends, or leave --backends out to run the "
+                                "backends that can run it (%s)." % (
+                                    args.backends, "; ".join("backend %r cannot run bundle %s v%d: %s"
+                                                             % (b, m.name, m.version, w) for b, w in why),
+                                    " and ".join(repr(b) for b, _ in why), ", ".join(default_backends(bundle))))
+        report = compare_backends(bundle, backends, tolerances)
     print(report.format())
     return 0 if report.passed else 1
 

@@ -54,6 +54,9 @@ for key, mod, dists, need_dist in %r:
     v = version(dists) if found else ""
     print("module.%%s=%%s" %% (key, "" if need_dist and v == "?" else v))
 ''' % (MODULES,)
+# The script Device.install feeds to the unit's Python over ssh: its "from onboard.control import ..." is text
+# run there, by the satedge installed on the unit, never an import of onboard by engines (imports point
+# engines <- onboard; tests/engines/test_imports.py checks that importing engines loads no onboard module).
 _INSTALL_PY = r'''import json, sys
 from onboard.control import ControlClient
 endpoint, bundle, server_key, client_key, timeout = sys.argv[1:6]
@@ -126,8 +129,32 @@ class DeviceProfile:
         if unknown or not data.get("name"):
             raise UserError("%s: %s; the keys are %s and 'name' is required." % (
                 where, "unknown keys %s" % unknown if unknown else "no 'name'", ", ".join(known)))
+        for key, value in data.items():
+            why = _field_problem(key, value)
+            if why:
+                raise UserError("%s: %r must be %s, got %r; fix the file (the shipped engines/profiles/*.json show "
+                                "the format)." % (where, key, why, value))
         return cls(**dict(data, notes=tuple(data.get("notes") or ()), modules={
             str(k): (str(v) if v else None) for k, v in (data.get("modules") or {}).items()}))
+
+
+_STR_FIELDS = ("name", "description", "model", "python_path", "source")
+
+
+def _field_problem(key: str, value: Any) -> Optional[str]:
+    """What ``value`` should be for the ``DeviceProfile`` field ``key`` when it is not, else None."""
+    if key == "dla_cores":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return None if ok else "an integer >= 0"
+    if key == "modules":
+        ok = value is None or isinstance(value, Mapping)
+        return None if ok else "an object of module name -> version string (or null when absent)"
+    if key == "notes":
+        ok = value is None or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))
+        return None if ok else "a list of strings"
+    if key in _STR_FIELDS:
+        return None if isinstance(value, str) else "a string"
+    return None if value is None or isinstance(value, str) else "a string or null"
 
 
 def daemon_python_ok(version: Optional[str]) -> bool:

@@ -20,6 +20,21 @@ def test_no_heavy_imports_at_module_level():
     assert out.stdout.decode().strip() == ""
 
 
+def test_engines_imports_no_onboard_module():
+    """Imports point engines <- onboard (README): importing every engines module loads nothing from onboard."""
+    code = ("import importlib, pkgutil, sys, engines\n"
+            "names = ['engines'] + [m.name for m in pkgutil.walk_packages(engines.__path__, 'engines.')]\n"
+            "for name in names:\n"
+            "    importlib.import_module(name)\n"
+            "print(len(names))\n"
+            "print(','.join(sorted(m for m in sys.modules if m == 'onboard' or m.startswith('onboard.'))))")
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()
+    count, loaded = (out.stdout.decode().splitlines() + ["", ""])[:2]
+    assert int(count) > 20, "found only %s engines modules" % count
+    assert loaded == "", "importing engines loaded %s" % loaded
+
+
 def test_signature_file_names_agree():
     from engines.bundle import SIGNATURE_FILES
     from engines.signing import SIGNATURE_FILE
