@@ -24,11 +24,11 @@ Every change of variant or deferral is a :class:`PolicyEvent` with its reason, k
 from __future__ import annotations
 
 import collections
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Mapping, Optional, Tuple, Union
+from typing import Annotated, Any, Callable, Deque, Dict, Mapping, Optional, Tuple, Union
 
-from engines.errors import UserError
+from onboard.settings_check import (NonEmpty, NonNegativeFloat, NonNegativeInt, PositiveFloat, Range, build,
+                                    fail)
 from onboard.telemetry import Telemetry
 
 VARIANTS = ("fp32", "int8", "dla-int8")
@@ -36,45 +36,65 @@ VARIANTS = ("fp32", "int8", "dla-int8")
 
 @dataclass
 class PowerSettings:
-    """Limits and margins of the power policy (the ``power`` section of the daemon config)."""
+    """Limits and margins of the power policy (the ``power`` section of the daemon config).
 
-    variants: Tuple[str, ...] = VARIANTS           # available ones, heaviest first
-    power_scale: Dict[str, float] = field(default_factory=lambda: {"fp32": 1.0, "int8": 0.64, "dla-int8": 0.46})
-    power_budget_w: float = 10.0
-    power_margin_w: float = 1.0
+    Built by :meth:`from_mapping` (or :func:`onboard.settings.load_settings`), every key is checked
+    and converted by its type hint and bounds; :meth:`check_settings` adds the rules across keys.
+    """
+
+    variants: Annotated[Tuple[str, ...], NonEmpty()] = VARIANTS          # available ones, heaviest first
+    power_scale: Dict[str, PositiveFloat] = field(default_factory=lambda: {"fp32": 1.0, "int8": 0.64, "dla-int8": 0.46})
+    power_budget_w: PositiveFloat = 10.0
+    power_margin_w: NonNegativeFloat = 1.0
     temp_soft_c: float = 75.0
     temp_hard_c: float = 90.0
-    temp_margin_c: float = 10.0
-    thermal_resistance_k_per_w: float = 4.5     # steady temperature rise per watt (thermal-vacuum test)
-    soc_low: float = 0.30
-    soc_margin: float = 0.05
-    defer_eclipse_from: int = 2
-    defer_thermal_from: int = 1
-    min_dwell_s: float = 60.0
-    settle_s: float = 5.0
+    temp_margin_c: NonNegativeFloat = 10.0
+    thermal_resistance_k_per_w: NonNegativeFloat = 4.5     # steady temperature rise per watt (thermal-vacuum test)
+    soc_low: Annotated[float, Range(0.0, 1.0, hi_open=True)] = 0.30
+    soc_margin: NonNegativeFloat = 0.05
+    defer_eclipse_from: NonNegativeInt = 2
+    defer_thermal_from: NonNegativeInt = 1
+    min_dwell_s: NonNegativeFloat = 60.0
+    settle_s: NonNegativeFloat = 5.0
 
-    def validate(self) -> "PowerSettings":
-        """Check the values; raise :class:`UserError` naming the key and the fix."""
-        self.variants = tuple(self.variants)
-        if not self.variants or any(v not in self.power_scale for v in self.variants):
-            raise UserError(f"power: variants {list(self.variants)} must be non-empty and each have a "
-                            f"power_scale entry (have {sorted(self.power_scale)})")
+    def validate(self, where: str = "power") -> "PowerSettings":
+        """Check and convert every value in place; raise :class:`SettingsError` naming the key and the fix.
+
+        Parameters
+        ----------
+        where : str, optional
+            Key path of the section in messages (``settings.power`` in a daemon config).
+
+        Returns
+        -------
+        PowerSettings
+            ``self``.
+        """
+        return build(PowerSettings, self, where)
+
+    def check_settings(self, where: str) -> None:
+        """Rules across keys: every variant has a ``power_scale`` entry; ``temp_soft_c < temp_hard_c``."""
+        for i, v in enumerate(self.variants):
+            if v not in self.power_scale:
+                raise fail(f"{where}.variants[{i}]", f"a variant with a power_scale entry (have "
+                           f"{sorted(self.power_scale)})", v,
+                           f"add {v!r} to {where}.power_scale or remove it from {where}.variants")
         if not self.temp_soft_c < self.temp_hard_c:
-            raise UserError(f"power: temp_soft_c {self.temp_soft_c} must be below temp_hard_c {self.temp_hard_c}")
-        if not 0.0 <= self.soc_low < 1.0 or self.power_budget_w <= 0:
-            raise UserError("power: soc_low must be within [0, 1) and power_budget_w positive")
-        if min(self.power_margin_w, self.temp_margin_c, self.soc_margin, self.min_dwell_s, self.settle_s) < 0:
-            raise UserError("power: margins, min_dwell_s and settle_s must not be negative")
-        return self
+            raise fail(f"{where}.temp_soft_c", f"below temp_hard_c ({self.temp_hard_c})", self.temp_soft_c,
+                       "lower temp_soft_c or raise temp_hard_c")
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "PowerSettings":
-        """Build from a config mapping; unknown keys are an error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"power settings: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**data).validate()
+    def from_mapping(cls, data: Mapping[str, Any], where: str = "power") -> "PowerSettings":
+        """Build from a config mapping; unknown keys or bad values raise :class:`SettingsError`.
+
+        Parameters
+        ----------
+        data : mapping
+            The ``power`` section.
+        where : str, optional
+            Key path of the section in messages.
+        """
+        return build(cls, data, where)
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,7 @@ class Scheduler:
                 if len(batch) >= max_batch or left <= 0:
                     break
                 engine_key = key
-                self._cv.wait(left)
+                self._cv.wait(min(left, 1.0))
         self._report(shed)
         return batch
 

@@ -2,25 +2,34 @@
 
 ``DaemonSettings`` holds the flat keys of earlier versions plus nested typed sections:
 ``pipeline`` (streams and their stage DAGs), ``scheduler``, ``outbox``, ``telemetry``, ``power``
-(:class:`onboard.power.PowerSettings`) and ``health``. Every level refuses unknown keys with a
-message that lists the known ones. ``docs/onboard.md`` documents every key.
+(:class:`onboard.power.PowerSettings`), ``health``, ``uplink`` and ``fl``. Every key of every level,
+nested mappings and lists included, is checked and converted at load by
+:func:`onboard.settings_check.build` from the field's type hint and its ``Annotated`` bounds: an
+unknown key or a bad value is a :class:`~onboard.settings_check.SettingsError` (a ``UserError``:
+daemon exit status 2) naming the key path and the fix. ``docs/onboard.md`` documents every key.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-import typing
+import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping
+from typing import Annotated, Any, Dict, List, Mapping
 
 from engines.errors import UserError
 from onboard.power import PowerSettings
+from onboard.settings_check import (FRACTION, Interval, NonEmpty, NonNegativeFloat, NonNegativeInt, OneOf,
+                                    PositiveFloat, PositiveInt, Range, Schema, SettingsError, build, fail)
+from onboard.telemetry import READING, PowerModelParams
+from onboard.transfer import TransferConfig
 from onboard.wire import DEFAULT_MAX_PAYLOAD_BYTES
 
+_ENDPOINT = re.compile(r"^(tcp://[^:/\s]+:(\d+|\*)|ipc://\S+|inproc://\S+|(e?pgm|wss?|vmci|udp)://\S+)$")
 STAGE_KINDS = ("cloud_screen", "engine")
 TELEMETRY_SOURCES = ("none", "simulated", "scripted", "jtop")
 DEFAULT_STALL_S = {"default": 10.0, "worker": 60.0, "uplink": 120.0, "fl": 600.0}
+STAGES = ("ingest", "worker", "outbox", "downlink", "governor", "control", "uplink", "fl")   # the daemon's threads
 
 
 @dataclass
@@ -34,24 +43,33 @@ class StageSettings:
     """
 
     name: str = ""
-    kind: str = "engine"
+    kind: Annotated[str, OneOf(STAGE_KINDS)] = "engine"
     engine: str = ""
     bundle: str = ""
     variants: Dict[str, str] = field(default_factory=dict)
     after: List[str] = field(default_factory=list)
     when: str = ""
-    threshold: float = 0.7            # cloud_screen: tiles above this cloud fraction are not downlinked
-    priority: int = -1                # downlink priority of the stage's results; -1: the stream's
+    threshold: Annotated[float, FRACTION] = 0.7   # cloud_screen: tiles above this cloud fraction are not downlinked
+    priority: Annotated[int, Range(-1)] = -1      # downlink priority of the stage's results; -1: the stream's
     outputs: List[str] = field(default_factory=list)   # engine outputs downlinked; empty: all
+
+    def check_settings(self, where: str) -> None:
+        """A name, and exactly one of ``engine`` (store) and ``bundle`` (folder)."""
+        if not self.name:
+            raise fail(f"{where}.name", "set: every stage needs a name", self.name, "name the stage, e.g. name: cloud")
+        if bool(self.engine) == bool(self.bundle):
+            raise SettingsError(where, f"{where} ({self.name!r}) needs exactly one of 'engine' (an engine of the "
+                                f"store) or 'bundle' (a bundle folder); got engine={self.engine!r}, "
+                                f"bundle={self.bundle!r}")
 
 
 @dataclass
 class StreamSettings:
     """How frames of one stream are handled: scheduling class, default deadline, tiling, stages."""
 
-    priority: int = 2
-    deadline_s: float = 3600.0
-    overlap: int = 0
+    priority: NonNegativeInt = 2
+    deadline_s: PositiveFloat = 3600.0
+    overlap: NonNegativeInt = 0
     stages: List[StageSettings] = field(default_factory=list)
 
 
@@ -59,40 +77,40 @@ class StreamSettings:
 class SchedulerSettings:
     """Queues (in tiles) per priority class, dynamic batching, and what ingest does when full."""
 
-    capacities: List[int] = field(default_factory=lambda: [256, 256, 256, 256])
-    total_capacity: int = 512
-    max_batch_frames: int = 8
-    max_wait_s: float = 0.002
-    admission: str = "block"          # "block": stop reading (backpressure); "reject": drop, counted
-    block_timeout_s: float = 0.0      # block at most this long, then drop (0: wait for room)
+    capacities: Annotated[List[PositiveInt], NonEmpty()] = field(default_factory=lambda: [256, 256, 256, 256])
+    total_capacity: NonNegativeInt = 512          # 0: the sum of capacities
+    max_batch_frames: PositiveInt = 8
+    max_wait_s: Annotated[float, Range(0, 10)] = 0.002   # a batch waits at most this long for more tiles
+    admission: Annotated[str, OneOf(("block", "reject"))] = "block"   # "block": backpressure; "reject": drop
+    block_timeout_s: NonNegativeFloat = 0.0       # block at most this long, then drop (0: wait for room)
 
 
 @dataclass
 class OutboxSettings:
     """Durable outbox and downlink: leases, batch sizes, and how long shutdown waits for acks."""
 
-    lease_s: float = 30.0
-    batch_messages: int = 32
-    batch_bytes: int = 8 * 1024 * 1024
-    max_in_flight: int = 256
-    drain_ack_s: float = 5.0
-    purge_acked_s: float = 7 * 86400.0
-    windows: List[List[float]] = field(default_factory=list)   # downlink passes [start, end], sim s; [] = always
+    lease_s: PositiveFloat = 30.0
+    batch_messages: PositiveInt = 32
+    batch_bytes: PositiveInt = 8 * 1024 * 1024
+    max_in_flight: PositiveInt = 256
+    drain_ack_s: NonNegativeFloat = 5.0
+    purge_acked_s: NonNegativeFloat = 7 * 86400.0
+    windows: List[Annotated[List[float], Interval(strict=False)]] = field(default_factory=list)  # [start, end] sim s
 
 
 @dataclass
 class TelemetrySettings:
     """Where the power policy reads power, temperature, battery and sunlight."""
 
-    source: str = "none"
-    interval_s: float = 1.0
-    time_scale: float = 1.0           # simulated: model seconds per wall-clock second
+    source: Annotated[str, OneOf(TELEMETRY_SOURCES)] = "none"
+    interval_s: PositiveFloat = 1.0
+    time_scale: PositiveFloat = 1.0           # simulated: model seconds per wall-clock second
     t0: float = 0.0
-    soc0: float = 0.8
-    temp0_c: float = math.nan         # NaN: the model's idle steady state
-    model: Dict[str, Any] = field(default_factory=dict)          # PowerModelParams overrides
-    readings: List[Dict[str, Any]] = field(default_factory=list)  # scripted: Telemetry fields
-    eclipses: List[List[float]] = field(default_factory=list)      # simulated: [start, end] model s in shadow
+    soc0: Annotated[float, FRACTION] = 0.8
+    temp0_c: float = math.nan                 # NaN: the model's idle steady state
+    model: Annotated[Dict[str, Any], Schema(PowerModelParams)] = field(default_factory=dict)   # overrides
+    readings: List[READING] = field(default_factory=list)        # scripted: every Telemetry field, one per tick
+    eclipses: List[Annotated[List[float], Interval()]] = field(default_factory=list)  # simulated: shadow, model s
 
 
 @dataclass
@@ -100,9 +118,9 @@ class FLSettings:
     """Federated-learning client (``onboard/fl/stage.py``): on with ``data`` (an .npz of local x, y)."""
 
     data: str = ""
-    priority: int = 3                 # scheduler class of the work and downlink priority of the updates
+    priority: NonNegativeInt = 3      # scheduler class of the work and downlink priority of the updates
     require_sunlit: bool = True
-    client_id: str = "sat"            # the update's id is fl:<client_id>:round<k>
+    client_id: Annotated[str, NonEmpty()] = "sat"   # the update's id is fl:<client_id>:round<k>
     seed: int = 0
 
 
@@ -119,19 +137,20 @@ class UplinkSettings:
 
     endpoint: str = ""
     state_dir: str = ""                   # default: <workdir>/uplink
-    transfer: Dict[str, Any] = field(default_factory=dict)       # onboard.transfer.TransferConfig overrides
-    scrub_interval_s: float = 0.0
+    transfer: Annotated[Dict[str, Any], Schema(TransferConfig)] = field(default_factory=dict)  # overrides
+    scrub_interval_s: NonNegativeFloat = 0.0
 
 
 @dataclass
 class HealthSettings:
     """Liveness monitoring, restart escalation and fault injection (tests, HIL)."""
 
-    check_interval_s: float = 0.5
-    stall_s: Dict[str, float] = field(default_factory=lambda: dict(DEFAULT_STALL_S))
-    max_stage_restarts: int = 3
-    max_daemon_restarts: int = 5
-    restart_window_s: float = 3600.0
+    check_interval_s: PositiveFloat = 0.5
+    stall_s: Annotated[Dict[str, PositiveFloat], OneOf(("default",) + STAGES)] = field(   # keys: stage names
+        default_factory=lambda: dict(DEFAULT_STALL_S))
+    max_stage_restarts: NonNegativeInt = 3
+    max_daemon_restarts: PositiveInt = 5
+    restart_window_s: NonNegativeFloat = 3600.0
     allow_fault_injection: bool = False
 
 
@@ -148,25 +167,25 @@ class DaemonSettings:
     store_root: str = ""                  # an engine store (onboard/store.py) and the engine to serve
     engine: str = "cloudscreen"
     trusted_keys: List[str] = field(default_factory=list)  # ed25519 public keys bundles must be signed with
-    workdir: str = "satedge-work"
+    workdir: Annotated[str, NonEmpty()] = "satedge-work"
     sensor_endpoint: str = "tcp://127.0.0.1:5555"
-    sensor_pattern: str = "pull"          # "pull" (backpressure, lossless) or "sub"
+    sensor_pattern: Annotated[str, OneOf(("pull", "sub"))] = "pull"   # "pull" (backpressure, lossless) or "sub"
     results_endpoint: str = "tcp://127.0.0.1:5556"
     control_endpoint: str = "tcp://127.0.0.1:5557"
     heartbeat_endpoint: str = "tcp://127.0.0.1:5558"
     ack_endpoint: str = ""                # "" = no acks: a result counts as delivered once sent
     control_secret_key: str = ""          # CurveZMQ server key (file or Z85); "" = unauthenticated (tests only)
     control_authorized_keys: List[str] = field(default_factory=list)   # operators' .curve.pub files or folders
-    heartbeat_interval_s: float = 1.0
-    backend: str = "onnxrt"
+    heartbeat_interval_s: PositiveFloat = 1.0
+    backend: Annotated[str, OneOf(("onnxrt", "tensorrt"))] = "onnxrt"
     kernels: str = "auto"                 # tile normalization / cloud fraction: "auto", "cuda" or "reference"
-    dla_cores: int = 0
-    intra_op_threads: int = 2
-    max_batch: int = 16                   # tiles per inference call
-    queue_size: int = 64                  # results between the worker and the outbox writer
-    cloud_threshold: float = 0.7
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-    drain_timeout_s: float = 30.0
+    dla_cores: NonNegativeInt = 0
+    intra_op_threads: PositiveInt = 2
+    max_batch: PositiveInt = 16           # tiles per inference call
+    queue_size: PositiveInt = 64          # results between the worker and the outbox writer
+    cloud_threshold: Annotated[float, FRACTION] = 0.7
+    max_payload_bytes: PositiveInt = DEFAULT_MAX_PAYLOAD_BYTES
+    drain_timeout_s: NonNegativeFloat = 30.0
     pipeline: Dict[str, StreamSettings] = field(default_factory=dict)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
@@ -178,50 +197,60 @@ class DaemonSettings:
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "DaemonSettings":
-        """Check values; raise :class:`UserError` naming the bad key and the fix."""
+        """Check and convert every value again (also of settings built in code), in place.
+
+        Returns
+        -------
+        DaemonSettings
+            ``self``.
+
+        Raises
+        ------
+        SettingsError
+            A :class:`UserError` naming the bad key (``settings.power.temp_soft_c``) and the fix.
+        """
+        return build(DaemonSettings, self, "settings")
+
+    def check_settings(self, where: str) -> None:
+        """Rules across keys and sections (each value's own type and bounds are checked by then)."""
         if not self.bundle and not self.store_root and not self.pipeline:
-            raise UserError("settings: neither 'bundle' nor 'store_root' is set; set 'bundle' to an engine bundle "
-                            "directory, or 'store_root' and 'engine' to serve the active engine of a store")
+            raise SettingsError(f"{where}.bundle", f"{where}: neither 'bundle' nor 'store_root' is set; set "
+                                "'bundle' to an engine bundle directory, or 'store_root' and 'engine' to serve a "
+                                "store's engine")
         if self.store_root and not self.trusted_keys:
-            raise UserError("settings: 'store_root' needs 'trusted_keys' (public keys from `satedge keys gen`)")
+            raise fail(f"{where}.trusted_keys", "set with 'store_root'", [], "list public keys from `satedge keys gen`")
+        for key, value in [(k, getattr(self, k)) for k in ("sensor_endpoint", "results_endpoint", "control_endpoint",
+                                                            "heartbeat_endpoint", "ack_endpoint")] + \
+                [("uplink.endpoint", self.uplink.endpoint[1:] if self.uplink.endpoint.startswith("@")
+                  else self.uplink.endpoint)]:
+            if value and not _ENDPOINT.match(value):
+                raise fail(f"{where}.{key}", "a ZeroMQ endpoint", value, "write tcp://HOST:PORT or ipc:///PATH")
+        if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+            raise fail(f"{where}.workdir", "a folder (created when missing)", self.workdir,
+                       "it names a file; choose a folder path for the daemon's state")
         if self.kernels not in ("auto", "cuda", "reference"):
-            raise UserError(f"settings: kernels {self.kernels!r} is not 'auto', 'cuda' (the CUDA kernels of cuda/, "
-                            "fails without a GPU) or 'reference' (numpy)")
-        if self.sensor_pattern not in ("pull", "sub"):
-            raise UserError(f"settings: sensor_pattern {self.sensor_pattern!r} is not 'pull' or 'sub'")
-        if not 0.0 <= self.cloud_threshold <= 1.0:
-            raise UserError(f"settings: cloud_threshold {self.cloud_threshold} must be within [0, 1]")
-        for name in ("max_batch", "queue_size", "max_payload_bytes", "intra_op_threads"):
-            if int(getattr(self, name)) < 1:
-                raise UserError(f"settings: {name} must be a positive integer; got {getattr(self, name)!r}")
-        sc = self.scheduler
-        if sc.admission not in ("block", "reject") or sc.max_batch_frames < 1 or not sc.capacities:
-            raise UserError("settings: scheduler.admission must be 'block' or 'reject', max_batch_frames >= 1 and "
-                            f"capacities a non-empty list; got {sc}")
-        if self.telemetry.source not in TELEMETRY_SOURCES:
-            raise UserError(f"settings: telemetry.source {self.telemetry.source!r} is not one of {TELEMETRY_SOURCES}")
+            raise SettingsError(f"{where}.kernels", f"{where}: kernels {self.kernels!r} is not 'auto', 'cuda' "
+                                "(the CUDA kernels of cuda/, fails without a GPU) or 'reference' (numpy)")
         if self.telemetry.source == "scripted" and not self.telemetry.readings:
-            raise UserError("settings: telemetry.source 'scripted' needs telemetry.readings (a list of "
-                            "{power_w, temp_c, soc, sunlit, t})")
-        if any(len(w) != 2 or not w[1] > w[0] for w in self.telemetry.eclipses):
-            raise UserError(f"settings: telemetry.eclipses must be [start, end] pairs with end > start; got "
-                            f"{self.telemetry.eclipses}")
-        if self.fl.data and not 0 <= self.fl.priority < len(sc.capacities):
-            raise UserError(f"settings: fl.priority {self.fl.priority} is not a scheduler class 0..{len(sc.capacities) - 1}")
-        for stream, st in self.pipeline.items():
-            if not 0 <= st.priority < len(sc.capacities):
-                raise UserError(f"settings: pipeline.{stream}.priority {st.priority} is not a scheduler class "
-                                f"0..{len(sc.capacities) - 1}")
-            for stage in st.stages:
-                if stage.kind not in STAGE_KINDS or not stage.name or bool(stage.engine) == bool(stage.bundle):
-                    raise UserError(f"settings: pipeline.{stream}: stage {stage.name!r} needs a name, a kind in "
-                                    f"{STAGE_KINDS} and exactly one of 'engine' (store) or 'bundle' (folder)")
-        return self
+            raise fail(f"{where}.telemetry.readings", "a non-empty list with telemetry.source 'scripted'", [],
+                       "give a list of {power_w, temp_c, soc, sunlit, t}, one per tick")
+        classes = len(self.scheduler.capacities)
+        prios = [(f"{where}.fl.priority", self.fl.priority)] if self.fl.data else []
+        for key, prio in prios + [(f"{where}.pipeline.{n}.priority", st.priority) for n, st in self.pipeline.items()]:
+            if prio >= classes:
+                raise SettingsError(key, f"{key} {prio} is not a scheduler class 0..{classes - 1}. Fix: use a "
+                                    "class of scheduler.capacities (one class per entry) or add classes there")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "DaemonSettings":
-        """Build settings from a mapping; unknown keys are an error that lists the known ones."""
-        return _build(cls, data, "settings").validate()
+        """Build settings from a mapping, checking and converting every key of every section.
+
+        Raises
+        ------
+        SettingsError
+            An unknown key (the message lists the known ones) or a bad value, named by its key path.
+        """
+        return build(cls, data, "settings")
 
     def to_mapping(self) -> Dict[str, Any]:
         """The settings as a plain dict (for writing a config file)."""
@@ -239,48 +268,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """An instance of dataclass ``cls`` from a mapping, checking keys and converting each value by its type."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, Mapping):
-        raise UserError(f"{where} must be a mapping of settings; got {type(data).__name__}")
-    if cls is PowerSettings:
-        return PowerSettings.from_mapping(data)
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    return cls(**{name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()})
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is typing.Union:                       # Optional[X]
-        return None if value is None else _convert(args[0], value, where)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where} must be a list; got {value!r}")
-        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise UserError(f"{where} must be a mapping; got {value!r}")
-        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if hint is Any:
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{where} must be true or false; got {value!r}")
-        return value
-    try:
-        if isinstance(value, bool) or (hint is int and isinstance(value, float) and not value.is_integer()):
-            raise TypeError
-        return hint(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{where} must be {getattr(hint, '__name__', hint)}; got {value!r}") from None
+_build = build          # the former private name (onboard/commands.py, sim/scenario.py)
 
 
 def load_settings(path: str) -> DaemonSettings:
@@ -289,8 +277,12 @@ def load_settings(path: str) -> DaemonSettings:
     Raises
     ------
     UserError
-        The file is missing, cannot be parsed, or holds unknown or invalid keys.
+        The file is missing or cannot be parsed; a :class:`SettingsError` (a ``UserError``) for an
+        unknown or invalid key, named by its path (``settings.power.temp_soft_c``). The daemon exits
+        with status 2 (``exitcodes.CONFIG``) on either.
     """
+    if os.path.isdir(path):
+        raise UserError(f"config file {path!r} is a folder; pass the .yaml or .toml file in it")
     if not os.path.isfile(path):
         raise UserError(f"config file {path!r} does not exist; write one (see docs/onboard.md) or pass another path")
     ext = os.path.splitext(path)[1].lower()
@@ -328,5 +320,6 @@ def stall_timeout(health: HealthSettings, stage: str) -> float:
     return float(limits.get(stage, limits["default"]))
 
 
-__all__ = ["DaemonSettings", "HealthSettings", "OutboxSettings", "SchedulerSettings", "StageSettings",
-           "FLSettings", "StreamSettings", "TelemetrySettings", "UplinkSettings", "load_settings", "stall_timeout", "write_settings"]
+__all__ = ["DaemonSettings", "HealthSettings", "OutboxSettings", "SchedulerSettings", "SettingsError", "StageSettings",
+           "FLSettings", "StreamSettings", "TelemetrySettings", "UplinkSettings", "load_settings", "stall_timeout",
+           "write_settings"]

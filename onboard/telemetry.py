@@ -17,9 +17,10 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
+from typing import Annotated, Any, Callable, Dict, Iterable, Mapping, Optional, Union
 
 from engines.errors import UserError
+from onboard.settings_check import Schema, convert
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class Telemetry:
     def to_dict(self) -> Dict[str, Any]:
         """The reading as a plain dict (for events, heartbeats and logs)."""
         return asdict(self)
+
+
+READING = Annotated[Dict[str, Any], Schema(Telemetry, required=True)]   # one scripted reading in a config
 
 
 class TelemetrySource(abc.ABC):
@@ -55,11 +59,13 @@ class ScriptedSource(TelemetrySource):
     Parameters
     ----------
     readings : iterable of Telemetry or mapping
-        Mappings are passed to :class:`Telemetry` as keyword arguments.
+        Mappings must hold every :class:`Telemetry` field (checked and converted like a config key:
+        a bad one raises :class:`onboard.settings_check.SettingsError` naming ``readings[i].<field>``).
     """
 
     def __init__(self, readings: Iterable[Union[Telemetry, Mapping[str, Any]]]):
-        self._readings = [r if isinstance(r, Telemetry) else Telemetry(**r) for r in readings]
+        self._readings = [r if isinstance(r, Telemetry) else Telemetry(**convert(READING, r, f"readings[{i}]"))
+                          for i, r in enumerate(readings)]
         if not self._readings:
             raise UserError("ScriptedSource needs at least one reading")
         self._i = 0

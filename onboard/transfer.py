@@ -32,6 +32,7 @@ import msgpack
 import zmq
 
 from onboard import wire
+from onboard.settings_check import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, SettingsError, build
 
 PDU_KINDS = ("metadata", "data", "eof", "nak", "finished", "ack")
 _REQUIRED = {"metadata": {"name": str, "size": int, "sha256": str, "chunk": int}, "data": {"offset": int},
@@ -56,19 +57,41 @@ class CrcError(PduError):
 
 @dataclass
 class TransferConfig:
-    """Timers (sim seconds), limits and sizes shared by sender and receiver (CFDP-like defaults)."""
+    """Timers (sim seconds), limits and sizes shared by sender and receiver (CFDP-like defaults).
 
-    chunk_size: int = 4096
-    ack_timer_s: float = 3.0
-    nak_timer_s: float = 3.0
-    inactivity_s: float = 30.0
-    ack_limit: int = 4
-    nak_limit: int = 4
-    max_file_size: int = 256 << 20
-    max_nak_ranges: int = 128
-    sync_every: int = 16
-    rate_bps: Optional[float] = None
-    guard_s: float = 0.5
+    As a config section (``uplink.transfer`` of the daemon) it is read with :meth:`from_mapping`,
+    which checks every key's type and bounds.
+    """
+
+    chunk_size: PositiveInt = 4096
+    ack_timer_s: PositiveFloat = 3.0
+    nak_timer_s: PositiveFloat = 3.0
+    inactivity_s: PositiveFloat = 30.0
+    ack_limit: NonNegativeInt = 4
+    nak_limit: NonNegativeInt = 4
+    max_file_size: PositiveInt = 256 << 20
+    max_nak_ranges: PositiveInt = 128
+    sync_every: PositiveInt = 16
+    rate_bps: Optional[PositiveFloat] = None
+    guard_s: NonNegativeFloat = 0.5
+
+    @classmethod
+    def from_mapping(cls, data: Dict[str, Any], where: str = "transfer") -> "TransferConfig":
+        """Build from a config mapping of overrides.
+
+        Parameters
+        ----------
+        data : mapping
+            Some of the fields; the others keep their defaults.
+        where : str, optional
+            Key path of the mapping in messages (``settings.uplink.transfer``).
+
+        Raises
+        ------
+        onboard.settings_check.SettingsError
+            An unknown key (the known ones are listed) or a bad value, named by its key path.
+        """
+        return build(cls, data, where)
 
 
 def pdu_crc(header: Dict[str, Any], data: bytes = b"") -> int:
@@ -444,11 +467,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--config", default="{}", help="JSON of TransferConfig fields")
     ap.add_argument("--stats", help="write counters here (JSON) on exit")
     a = ap.parse_args(argv)
+    try:
+        cfg = TransferConfig.from_mapping(json.loads(a.config), "--config")
+    except (ValueError, SettingsError) as exc:          # bad JSON, unknown key or bad value: exit 2
+        ap.error(str(exc) if isinstance(exc, SettingsError) else f"--config is not JSON: {exc}")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     rx = TransferReceiver(a.endpoint, a.state_dir, a.out_dir, lambda p: print("complete", p, flush=True),
-                          TransferConfig(**json.loads(a.config)), windows=json.loads(a.windows) if a.windows else None)
+                          cfg, windows=json.loads(a.windows) if a.windows else None)
     print(json.dumps({"ready": True, "config": asdict(rx.cfg), "resumed": rx.stats["resumed"]}), flush=True)
     rx.run(stop)
     rx.close()

@@ -52,10 +52,7 @@ class UplinkStage:
         rx = None
         if self.s.endpoint:
             from onboard.transfer import TransferConfig, TransferReceiver
-            try:
-                cfg = TransferConfig(**self.s.transfer)
-            except TypeError as exc:
-                raise UserError(f"settings: uplink.transfer has an unknown key ({exc})") from None
+            cfg = TransferConfig.from_mapping(self.s.transfer, "settings.uplink.transfer")   # checked at load
             rx = self.receiver = TransferReceiver(self.s.endpoint, os.path.join(self.state_dir, "transfers"),
                                                   os.path.join(self.state_dir, "inbox"), on_complete=self.deliver,
                                                   config=cfg, ctx=self.d.ctx)
