@@ -14,11 +14,11 @@ def add_parsers(subparsers) -> None:
     run.set_defaults(func=_run)
 
     status = verbs.add_parser("status", help="ask a running daemon for its status")
-    status.add_argument("--control", default="tcp://127.0.0.1:5557", help="the daemon's control endpoint")
+    _control_args(status)
     status.set_defaults(func=_status)
 
     stop = verbs.add_parser("shutdown", help="ask a running daemon to drain and exit")
-    stop.add_argument("--control", default="tcp://127.0.0.1:5557")
+    _control_args(stop)
     stop.set_defaults(func=_shutdown)
 
     from onboard.doctor import add_doctor_parser
@@ -28,20 +28,32 @@ def add_parsers(subparsers) -> None:
     codes.set_defaults(func=_exit_codes)
 
 
+def _control_args(parser) -> None:
+    parser.add_argument("--control", default="tcp://127.0.0.1:5557", help="the daemon's control endpoint")
+    parser.add_argument("--control-keys", nargs=2, metavar=("DAEMON_PUB", "OPERATOR_KEY"),
+                        help="Curve keys of a daemon started with control_secret_key: its .curve.pub and this "
+                             "operator's .curve.key (listed in the daemon's control_client_keys)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply (default 5)")
+
+
+def _client(args):
+    from onboard.control import ControlClient
+    server, secret = args.control_keys or (None, None)
+    return ControlClient(args.control, args.timeout, server_public_key=server, client_secret_key=secret)
+
+
 def _run(args) -> int:
     from onboard.daemon import main
     return main(["--config", args.config])
 
 
 def _status(args) -> int:
-    from onboard.control import ControlClient
-    print(json.dumps(ControlClient(args.control).status(), indent=2))
+    print(json.dumps(_client(args).status(), indent=2))
     return 0
 
 
 def _shutdown(args) -> int:
-    from onboard.control import ControlClient
-    reply = ControlClient(args.control).request("shutdown")
+    reply = _client(args).request("shutdown")
     print(reply.get("message"))
     return 0 if reply.get("ok") else 1
 

@@ -79,7 +79,12 @@ class ControlClient:
         sock.linger = 0
         if self._curve:
             sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
-        sock.connect(self.endpoint)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise UserError("cannot connect to the control endpoint %r: %s; give the daemon's control_endpoint, "
+                            "e.g. tcp://127.0.0.1:5557" % (self.endpoint, exc)) from None
         return sock
 
     def _read_counters(self) -> Dict[str, int]:
@@ -102,6 +107,20 @@ class ControlClient:
             os.replace(tmp, self.counter_path)
         return self._last
 
+    def _exchange(self, cmd: str, args: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Send one command; its reply header, or None when none came within the timeout."""
+        request_id = new_id()
+        self.sock.send_multipart(encode("command", {"id": request_id, "cmd": cmd, "args": args,
+                                                    "nonce": secrets.token_hex(16), "counter": self._next_counter()}))
+        deadline = time.monotonic() + self.timeout_ms / 1000.0
+        while True:
+            left = int((deadline - time.monotonic()) * 1000)
+            if left <= 0 or not self.sock.poll(left):
+                return None
+            reply = decode(self.sock.recv_multipart())
+            if reply.header.get("in_reply_to") in (request_id, None):
+                return reply.header
+
     def request(self, cmd: str, **args: Any) -> Dict[str, Any]:
         """Send ``cmd`` and return the reply header (``ok``, ``code``, ``message`` and more).
 
@@ -112,21 +131,21 @@ class ControlClient:
             not admit this client's key or the server key is wrong. The socket is then
             reconnected, so the unanswered command is never delivered late.
         """
-        request_id = new_id()
-        self.sock.send_multipart(encode("command", {"id": request_id, "cmd": cmd, "args": args,
-                                                    "nonce": secrets.token_hex(16), "counter": self._next_counter()}))
-        deadline = time.monotonic() + self.timeout_ms / 1000.0
-        while True:
-            left = int((deadline - time.monotonic()) * 1000)
-            if left <= 0 or not self.sock.poll(left):
-                break
-            reply = decode(self.sock.recv_multipart())
-            if reply.header.get("in_reply_to") in (request_id, None):
-                return reply.header
+        reply = self._exchange(cmd, args)
+        last = reply.get("last_counter") if reply else None
+        if reply and reply.get("code") == "E_REPLAY" and isinstance(last, int) and last >= self._last:
+            # the daemon saw a higher counter of this key (another process, or a lost counter file):
+            # go above it once, with a fresh nonce; a replay by a third party cannot do this
+            self._last = last
+            reply = self._exchange(cmd, args)
+        if reply is not None:
+            return reply
         self.sock.close(linger=0)
         self.sock = self._connect()
         hint = (" and that it lists this client's key %s (no reply is what an unlisted key gets)" % self.client_key
-                if self._curve else "")
+                if self._curve else ", and whether it was started with Curve keys (control_secret_key): a keyed "
+                "daemon does not answer a client without keys (satedge onboard status --control-keys "
+                "DAEMON.curve.pub OPERATOR.curve.key)")
         raise UserError("no reply to %r from %s within %d ms; check that the daemon runs there%s."
                         % (cmd, self.endpoint, self.timeout_ms, hint))
 

@@ -50,6 +50,11 @@ class UnknownCommand(CommandError):
         super().__init__("unknown command %r; known: %s" % (cmd, ", ".join(known)))
 
 
+#: Counters stay below 2**62, so that one command with a huge counter cannot use up a key's counter
+#: space (a client told ``last_counter`` in an ``E_REPLAY`` reply can always go above it).
+MAX_COUNTER = 1 << 62
+
+
 class ReplayGuard:
     """Per-client last counters and a bounded set of recent nonces, persisted as JSON.
 
@@ -253,13 +258,15 @@ class ControlServer:
             return make_reply(h, False, "E_FIELD", "a command needs 'cmd' (str) and 'args' (map)")
         if not isinstance(nonce, str) or not _NONCE.match(nonce.lower()):
             return make_reply(h, False, "E_FIELD", "a command needs 'nonce': 32 to 128 random hex characters")
-        if not isinstance(counter, int) or isinstance(counter, bool) or counter < 0:
-            return make_reply(h, False, "E_FIELD", "a command needs 'counter': an int increasing per client key")
+        if not isinstance(counter, int) or isinstance(counter, bool) or not 0 <= counter < MAX_COUNTER:
+            return make_reply(h, False, "E_FIELD", "a command needs 'counter': an int in [0, 2**62) increasing "
+                                                   "per client key")
         nonce = nonce.lower()
         why = self.guard.check(client, nonce, counter)
         if why:
             log.warning("E_REPLAY: refused %r from %s: %s", cmd, client, why)
-            return make_reply(h, False, "E_REPLAY", "replayed command refused: %s" % why)
+            return make_reply(h, False, "E_REPLAY", "replayed command refused: %s" % why,
+                              last_counter=self.guard.counters.get(client, -1))
         try:
             self.guard.accept(client, nonce, counter)
         except OSError as exc:

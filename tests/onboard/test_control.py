@@ -159,6 +159,21 @@ def test_replayed_nonce_and_stale_counter_are_refused(served, keys):
     assert [c[0] for c in handler.calls] == ["ping", "ping"]
 
 
+def test_a_huge_counter_is_refused_and_a_client_behind_the_daemon_catches_up(served, keys):
+    endpoint, handler, _ = served
+    with client_for(endpoint, keys) as client:
+        for counter in (2 ** 62, 2 ** 64 - 1):                 # would use up the key's counter space
+            huge = send_raw(client, {"cmd": "ping", "args": {}, "nonce": "%032x" % counter, "counter": counter})
+            assert huge["ok"] is False and huge["code"] == "E_FIELD" and "2**62" in huge["message"]
+        ahead = 2 ** 62 - 2 ** 40                              # another process of this key, far ahead
+        assert send_raw(client, {"cmd": "ping", "args": {}, "nonce": "ef" * 16, "counter": ahead})["ok"] is True
+        stale = send_raw(client, {"cmd": "ping", "args": {}, "nonce": "fe" * 16, "counter": 7})
+        assert stale["code"] == "E_REPLAY" and stale["last_counter"] == ahead
+        reply = client.request("ping")                         # told last_counter, it goes above it once
+        assert reply["ok"] is True and client._last == ahead + 1
+    assert [c[0] for c in handler.calls] == ["ping", "ping"]
+
+
 def test_replay_is_refused_after_a_server_restart(keys):
     endpoint, handler = free_endpoint(), Recorder()
     command = {"cmd": "ping", "args": {}, "nonce": "0f" * 20, "counter": 5}
