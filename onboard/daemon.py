@@ -47,6 +47,7 @@ from onboard.pipeline import Pipeline, streams_of
 from onboard.scheduler import Scheduler
 from onboard.settings import DaemonSettings, stall_timeout
 from onboard.uplink import UplinkStage
+from onboard.wire import MAX_HEADER_BYTES
 from onboard.worker import OutboxWriter, Worker
 
 log = logging.getLogger("satedge.onboard")
@@ -244,9 +245,13 @@ class Daemon:
                                  authorized_client_keys=s.control_authorized_keys if keyed else (),
                                  state_path=os.path.join(s.workdir, "control_state.json"), insecure=not keyed)
         kind, endpoint, opts = {
-            "sensor": (zmq.SUB if s.sensor_pattern == "sub" else zmq.PULL, s.sensor_endpoint, {zmq.RCVHWM: 16}),
+            # MAXMSGSIZE bounds each received part at the transport, so a runaway sender cannot make the daemon
+            # hold gigabytes: a part over twice max_payload_bytes gets its sender disconnected (not counted;
+            # it reconnects); parts up to that size arrive and are refused and counted as E_OVERSIZE.
+            "sensor": (zmq.SUB if s.sensor_pattern == "sub" else zmq.PULL, s.sensor_endpoint,
+                       {zmq.RCVHWM: 16, zmq.MAXMSGSIZE: 2 * s.max_payload_bytes + MAX_HEADER_BYTES}),
             "results": (zmq.PUSH, s.results_endpoint, {zmq.SNDHWM: 64, zmq.SNDTIMEO: 200}),
-            "acks": (zmq.PULL, s.ack_endpoint, {}),
+            "acks": (zmq.PULL, s.ack_endpoint, {zmq.MAXMSGSIZE: 2 * MAX_HEADER_BYTES}),
             "heartbeat": (zmq.PUB, s.heartbeat_endpoint, {}),
         }[name]
         sock = self.ctx.socket(kind)

@@ -50,7 +50,15 @@ class DeadLetterLog:
         total = sum(len(v) for v in views)
         topic = bytes(views[0][: self.keep_bytes]) if views else None
         header = bytes(views[1][: self.keep_bytes]) if len(views) > 1 else None
-        payload = b"".join(bytes(v) for v in views[2:])[: self.keep_bytes] if len(views) > 2 else None
+        payload = None
+        if len(views) > 2:          # at most keep_bytes are copied, however large the rejected parts are
+            kept, room = [], self.keep_bytes
+            for v in views[2:]:
+                if room <= 0:
+                    break
+                kept.append(bytes(v[:room]))
+                room -= len(kept[-1])
+            payload = b"".join(kept)
         truncated = int(any(len(v) > self.keep_bytes for v in views[:2]) or
                         sum(len(v) for v in views[2:]) > self.keep_bytes)
         with self._lock:

@@ -251,6 +251,11 @@ def test_control_commands_install_and_roll_back_engines_live(tmp_path):
     assert reply["ok"] and reply["policy"]["power_budget_w"] == 7.5 and reply["policy"]["max_batch_frames"] == 4
     bad = client.request("set_policy", budget=3)
     assert not bad["ok"] and bad["code"] == "E_COMMAND" and "unknown key" in bad["message"]
+    for value in (float("inf"), 1e10, -1.0):           # an unbounded batch wait once crashed the worker
+        bad = client.request("set_policy", max_wait_s=value)
+        assert not bad["ok"] and bad["code"] == "E_COMMAND" and "max_wait_s" in bad["message"], bad
+    push.send_multipart(frame(4))
+    wait_for(lambda: rx.poll(100) is not None and len(rx.results) == 4, what="a result after refused policies")
     assert client.status()["scheduler"]["classes"][0]["capacity"] == 256
     forbidden = client.request("inject_fault", stage="worker", kind="crash")
     assert not forbidden["ok"] and forbidden["code"] == "E_COMMAND" and "fault injection is off" in forbidden["message"]
