@@ -96,6 +96,17 @@ class LinkParams:
     queue_bytes: int = 262144
     outages: Sequence[Tuple[float, float]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        for name in ("rate_bps", "latency_s", "jitter_s", "loss", "duplicate", "reorder", "reorder_delay_s", "ber",
+                     "burst_bytes", "queue_bytes"):
+            value = getattr(self, name)
+            if value is None and name in ("rate_bps", "latency_s"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise UserError(f"LinkParams.{name} must be a number >= 0; got {value!r}")
+            if name in ("loss", "duplicate", "reorder", "ber") and value > 1:
+                raise UserError(f"LinkParams.{name} is a probability in [0, 1]; got {value!r}")
+
 
 class _Direction:
     """One direction's shaper, random fate and delay line (no sockets: `offer` and `due` only)."""
@@ -352,6 +363,27 @@ def _pairs(text: str) -> List[Tuple[float, float]]:
         raise UserError(f"windows are START:END[,START:END...] in sim seconds; got {text!r}") from None
 
 
+def _params(text: str) -> Dict[str, "LinkParams"]:
+    """``--params`` JSON -> LinkParams per direction; UserError naming the bad field."""
+    try:
+        params = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"--params is not JSON ({exc}); e.g. '{{\"loss\": 0.01}}'") from None
+    if not isinstance(params, dict):
+        raise UserError(f"--params is a JSON object of LinkParams fields; got {text!r}")
+    if not set(params) <= set(DIRECTIONS):
+        params = {d: params for d in DIRECTIONS}
+    known = [f for f in LinkParams.__dataclass_fields__]
+    out = {}
+    for d in DIRECTIONS:
+        fields = params.get(d, {})
+        unknown = sorted(set(fields) - set(known)) if isinstance(fields, dict) else ["(not an object)"]
+        if unknown:
+            raise UserError(f"--params {d}: unknown field(s) {unknown}; LinkParams fields: {known}")
+        out[d] = LinkParams(**fields)
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m sim.link``: run the emulator until SIGTERM, then write its counters as JSON."""
     ap = argparse.ArgumentParser(prog="python -m sim.link", description=__doc__.splitlines()[0])
@@ -366,12 +398,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--stats", help="write the counters here (JSON) on exit")
     a = ap.parse_args(argv)
     from sim.contacts import ContactPlan
-    schedule = ContactPlan.load(a.plan) if a.plan else (_pairs(a.windows) if a.windows else None)
-    params = json.loads(a.params)
-    if not set(params) <= set(DIRECTIONS):
-        params = {d: params for d in DIRECTIONS}
-    link = LinkEmulator(a.front, a.back, schedule, {d: LinkParams(**params.get(d, {})) for d in DIRECTIONS},
-                        seed=a.seed, ground=a.ground, satellite=a.satellite)
+    try:
+        schedule = ContactPlan.load(a.plan) if a.plan else (_pairs(a.windows) if a.windows else None)
+        link = LinkEmulator(a.front, a.back, schedule, _params(a.params), seed=a.seed, ground=a.ground,
+                            satellite=a.satellite)
+    except (UserError, OSError, ValueError, TypeError, zmq.ZMQError) as exc:
+        print(f"python -m sim.link: error: {exc}", file=sys.stderr)
+        return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: link._stop.set())
     link.run(lambda lk: print(json.dumps({"ready": True, "front": lk.front, "back": lk.back, "params": {

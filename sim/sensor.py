@@ -14,8 +14,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import zmq
 
+from engines.errors import UserError
 from onboard.wire import make_frame
-from sim.badframes import bad_frame
+from sim.badframes import KINDS, bad_frame
 
 
 class SensorEmulator:
@@ -37,7 +38,12 @@ class SensorEmulator:
         self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.PUSH if pattern == "push" else zmq.PUB)
         self.sock.setsockopt(zmq.SNDHWM, 16)
-        self.sock.connect(endpoint)
+        try:
+            self.sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.close(0)
+            raise UserError("cannot connect the sensor to %r: %s. Give the daemon's sensor_endpoint, e.g. "
+                            "tcp://127.0.0.1:5555 or ipc:///tmp/satedge-sensor" % (endpoint, exc)) from None
         self.stream = stream
         self.sent_good = 0
         self.sent_bad: Dict[str, int] = {}
@@ -101,10 +107,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="payload size of the 'oversized' malformed kind (above the daemon's max_payload_bytes)")
     p.add_argument("--out", required=True, help="JSON file describing what was sent")
     a = p.parse_args(argv)
-    sent = run(a.endpoint, a.frames, seed=a.seed, size=a.size, rate_hz=a.rate,
-               bad=[k for k in a.bad.split(",") if k], oversize_bytes=a.oversize_bytes)
-    with open(a.out, "w") as fh:
-        json.dump(sent, fh, indent=2)
+    bad = [k for k in a.bad.split(",") if k]
+    unknown = sorted(set(bad) - set(KINDS))
+    if unknown:
+        p.error("--bad: unknown kind(s) %s; known: %s" % (", ".join(unknown), ", ".join(KINDS)))
+    try:
+        sent = run(a.endpoint, a.frames, seed=a.seed, size=a.size, rate_hz=a.rate, bad=bad,
+                   oversize_bytes=a.oversize_bytes)
+        with open(a.out, "w") as fh:
+            json.dump(sent, fh, indent=2)
+    except (UserError, OSError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
     return 0
 
 
