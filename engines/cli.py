@@ -13,7 +13,7 @@ from typing import Optional
 
 from engines.cli_files import input_file, one_line, opened, output_parent
 from engines.cli_pack import run_pack
-from engines.errors import SignatureError, UserError
+from engines.errors import BundleError, SignatureError, UserError
 
 def add_parsers(subparsers) -> None:
     """Add the ``keys`` and ``engines`` sides and their verbs to the top-level parser."""
@@ -140,9 +140,15 @@ def _sign(args) -> int:
 
 
 def _verify(args) -> int:
+    from engines.onnx_scan import read_onnx_versions
     with opened(args.bundle, args.key) as bundle:
         m = bundle.manifest
         signer = _signer(bundle)
+        try:
+            read_onnx_versions(bundle.model_path)       # hashes match what was packed; is it a model at all?
+        except UserError as exc:
+            raise BundleError("%s v%d: its files match their hashes, but %s; re-export and repack the model."
+                              % (m.name, m.version, one_line(exc).split(". Pass ")[0])) from None
         if args.key:
             print("OK %s v%d: %d files match their hashes; signed by trusted key id %s." % (m.name, m.version,
                                                                                             len(m.files), signer))

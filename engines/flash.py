@@ -181,9 +181,12 @@ def plan_flash(bundle: Bundle, device: DeviceProfile, *, precision: Optional[str
         "(TensorRT bindings %s, %s %s); set backend: onnxrt" % (d.modules.get("tensorrt") or "missing", lib,
                                                               d.modules.get(lib) or "missing")))
     build = out.action.startswith("build")
-    signed = build and bool(opts.key) or not build and (bundle.path / SIGNATURE_FILE).is_file()
+    signed = build and bool(opts.key) and Path(opts.key).is_file() or not build and (bundle.path /
+                                                                        SIGNATURE_FILE).is_file()
     add(Check("signature", "pass" if signed else "fail", ("adding the plan removes the signature: %s" % (
-        "re-signed here with %s" % opts.key if opts.key else "pass --key (the store installs signed bundles only)"))
+        ("re-signed here with %s" % opts.key if Path(opts.key).is_file() else "--key %s is not a file: pass the "
+         "private .key of 'satedge keys gen'" % opts.key) if opts.key else
+        "pass --key (the store installs signed bundles only)"))
         if build else "bundle is %s" % ("signed" if signed else "unsigned; sign it ('satedge engines sign')")))
     py, rb = "%s -m satedge_cli" % d.python_path, out.remote
     out.steps = ["copy the bundle to %s on the device" % rb]
@@ -280,6 +283,11 @@ def run_flash(args) -> int:
     """The ``flash`` verb: 0 when flashed (dry run: when no check fails), 1 otherwise."""
     if not Path(args.bundle).is_dir():
         raise UserError("flash works on a bundle directory (a new plan is added to it); unpack the archive first.")
+    if args.dla_core is not None and args.dla_core < 0:
+        raise UserError("--dla-core %d: DLA cores are numbered from 0 (see the target's DLA count in 'satedge "
+                        "engines targets')." % args.dla_core)
+    if not args.timeout > 0:
+        raise UserError("--timeout %s: give the seconds to wait for the install reply, > 0." % args.timeout)
     if (args.profile or args.profile_file) and not args.dry_run:
         raise UserError("a device profile stands in for an absent unit and only plans: add --dry-run, or name the "
                         "unit with --device HOST (--local on the unit itself).")

@@ -219,11 +219,13 @@ class Downlink:
                 got = msg.header.get("ids")
                 if msg.type != "ack" or not isinstance(got, list):
                     raise WireError(f"expected an ack with a list of ids, got {msg.type!r}")
+                if not all(isinstance(i, str) and i for i in got):   # result ids are non-empty strings
+                    raise WireError("an ack's ids must be result_id strings; got %r" % (got[:5],))
             except WireError as exc:
                 self.counters.ack_malformed()
                 log.warning("ignored a bad message on the ack socket: %s", exc)
                 continue
-            ids.extend(str(i) for i in got)
+            ids.extend(got)
             messages += 1
         if not messages:
             return

@@ -33,11 +33,14 @@ class SensorEmulator:
     """
 
     def __init__(self, endpoint: str, stream: str = "msi", pattern: str = "push",
-                 ctx: Optional[zmq.Context] = None):
+                 ctx: Optional[zmq.Context] = None, send_timeout_s: Optional[float] = None):
         self._own_ctx = ctx is None
+        self.endpoint, self.send_timeout_s = endpoint, send_timeout_s
         self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.PUSH if pattern == "push" else zmq.PUB)
         self.sock.setsockopt(zmq.SNDHWM, 16)
+        if send_timeout_s is not None:
+            self.sock.setsockopt(zmq.SNDTIMEO, int(send_timeout_s * 1000))
         try:
             self.sock.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -53,14 +56,22 @@ class SensorEmulator:
         """Generate one scene and send its DN as a frame; its true cloud fraction is recorded."""
         from ground.data.scenes import make_scene
         scene = make_scene(seed, size, size, cloud_cover=cloud_cover)
-        self.sock.send_multipart(make_frame(scene.dn, stream=self.stream, frame_id=frame_id, seed=seed), copy=False)
+        self._send(make_frame(scene.dn, stream=self.stream, frame_id=frame_id, seed=seed))
         self.sent_good += 1
         self.truth.append({"frame_id": frame_id, "seed": seed, "cloud_fraction": float(scene.cloud_fraction)})
 
     def send_bad(self, kind: str, frame_id: int, oversize_bytes: int = 80 * 1024 * 1024) -> None:
         """Send one malformed message of ``kind`` (see :data:`sim.badframes.KINDS`)."""
-        self.sock.send_multipart(bad_frame(kind, frame_id=frame_id, oversize_bytes=oversize_bytes))
+        self._send(bad_frame(kind, frame_id=frame_id, oversize_bytes=oversize_bytes))
         self.sent_bad[kind] = self.sent_bad.get(kind, 0) + 1
+
+    def _send(self, parts) -> None:
+        try:
+            self.sock.send_multipart(parts, copy=False)
+        except zmq.Again:
+            self.close(0)
+            raise UserError("no daemon took a frame at %s within %g s: start the daemon (satedge onboard run) or "
+                            "give its sensor_endpoint" % (self.endpoint, self.send_timeout_s)) from None
 
     def close(self, linger_ms: int = 60000) -> None:
         """Flush what is queued (waiting up to ``linger_ms`` for the daemon to take it) and close.
@@ -74,9 +85,19 @@ class SensorEmulator:
 
 
 def run(endpoint: str, frames: int, *, seed: int = 1000, size: int = 256, rate_hz: float = 0.0,
-        bad: Sequence[str] = (), stream: str = "msi", oversize_bytes: int = 80 * 1024 * 1024) -> Dict[str, Any]:
-    """Send ``frames`` good frames (and the ``bad`` kinds spread among them); return what was sent."""
-    emu = SensorEmulator(endpoint, stream)
+        bad: Sequence[str] = (), stream: str = "msi", oversize_bytes: int = 80 * 1024 * 1024,
+        send_timeout_s: Optional[float] = 60.0) -> Dict[str, Any]:
+    """Send ``frames`` good frames (and the ``bad`` kinds spread among them); return what was sent.
+
+    ``UserError`` when ``frames`` < 1, ``rate_hz`` is not a finite number >= 0, or no daemon takes a
+    frame within ``send_timeout_s`` (None: wait for ever).
+    """
+    if frames < 1:
+        raise UserError("frames must be at least 1; got %d" % frames)
+    if not 0 <= rate_hz < float("inf"):
+        raise UserError("rate must be a finite number of frames per second >= 0 (0: as fast as the daemon takes "
+                        "them); got %r" % rate_hz)
+    emu = SensorEmulator(endpoint, stream, send_timeout_s=send_timeout_s)
     bad = list(bad)
     every = max(1, frames // (len(bad) + 1)) if bad else 0
     t0 = time.time()

@@ -255,3 +255,15 @@ def test_compare_refuses_a_tolerance_that_is_not_a_known_precision_and_a_finite_
     bundle = make_bundle("b")
     line = error_line(satedge("engines", "compare", bundle.path, "--tolerance", tolerance), tolerance)
     assert "fp32, fp16, int8" in line and "finite number > 0" in line
+
+
+def test_verify_refuses_a_bundle_whose_model_is_not_onnx_even_with_matching_hashes(make_bundle):
+    from engines.hashing import sha256_file
+    bundle = make_bundle("b")
+    model = bundle.path / "model.onnx"
+    model.write_bytes(b"\x00garbage that is not a protobuf\xff" * 10)
+    manifest = json.loads((bundle.path / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = sha256_file(model)      # as if packed from the garbage file
+    (bundle.path / "manifest.json").write_text(json.dumps(manifest))
+    line = error_line(satedge("engines", "verify", bundle.path), "cloudmask v3", code=3)
+    assert "match their hashes" in line and "not an ONNX model" in line and "re-export" in line

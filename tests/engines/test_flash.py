@@ -81,6 +81,15 @@ def test_dry_run_orin_jp6_builds_with_satedge_on_the_device(skeleton, capsys):
     assert out.rstrip().endswith("dry run: nothing was copied, built or installed.")
 
 
+def test_dry_run_refuses_a_missing_key_a_negative_dla_core_and_timeout(skeleton, capsys, tmp_path):
+    code, out = flash_cli([skeleton["fp32"], "--profile", "orin-jp6", "--dry-run", "--key", tmp_path / "nope.key"],
+                          capsys)
+    assert code == 1 and "fail  signature" in out and "nope.key is not a file" in out, out
+    for extra, why in ((["--dla-core", "-1"], "numbered from 0"), (["--timeout", "-5"], "> 0")):
+        with pytest.raises(UserError, match=why):
+            flash_cli([skeleton["fp32"], "--profile", "orin-jp6", "--dry-run"] + extra, capsys)
+
+
 def test_dry_run_orin_jp6_int8_on_a_dla_core(skeleton):
     plan = plan_flash(Bundle.open(skeleton["int8"]), load_profile("orin-jp6"), dla_core=0,
                       opts=FlashOptions(key=skeleton["key"]))
@@ -96,7 +105,7 @@ def test_dry_run_orin_jp6_int8_on_a_dla_core(skeleton):
 def test_dry_run_tx2_jp46(skeleton, capsys):
     code, out = flash_cli([skeleton["fp32"], "--profile", "tx2-jp46", "--dry-run", "--key", skeleton["key"]], capsys)
     assert code == 1, out                                          # stock image: the daemon cannot run there
-    plan = plan_flash(Bundle.open(skeleton["fp32"]), load_profile("tx2-jp46"), opts=FlashOptions(key="k"))
+    plan = plan_flash(Bundle.open(skeleton["fp32"]), load_profile("tx2-jp46"), opts=FlashOptions(key=skeleton["key"]))
     c = checks(plan)
     assert plan.target.name == "tx2-jp46" and plan.target.trt_version.startswith("8.2")
     assert plan.device.tensorrt.startswith("8.2.") and plan.device.dla_cores == 0
@@ -113,12 +122,12 @@ def test_dry_run_tx2_jp46(skeleton, capsys):
 
 
 def test_dry_run_tx2_with_the_python38_venv_and_int8(skeleton):
-    plan = plan_flash(Bundle.open(skeleton["fp32"]), load_profile("tx2-jp46-py38"), opts=FlashOptions(key="k"))
+    plan = plan_flash(Bundle.open(skeleton["fp32"]), load_profile("tx2-jp46-py38"), opts=FlashOptions(key=skeleton["key"]))
     c = checks(plan)
     assert plan.ok, plan.format()
     assert c["python"].status == "pass" and plan.action == "build-trtexec" and "no TensorRT bindings" in c["plan"].detail
     assert c["buffers"].status == "pass" and plan.backends == "onnxrt"
-    int8 = plan_flash(Bundle.open(skeleton["int8"]), load_profile("tx2-jp46-py38"), opts=FlashOptions(key="k"))
+    int8 = plan_flash(Bundle.open(skeleton["int8"]), load_profile("tx2-jp46-py38"), opts=FlashOptions(key=skeleton["key"]))
     assert checks(int8)["precision"].status == "fail" and "fp32, fp16" in checks(int8)["precision"].detail
 
 

@@ -29,3 +29,18 @@ def test_a_part_over_twice_the_payload_limit_is_cut_off_at_the_transport(daemon)
     good.close(0)
     client.close()
     rx.close()
+
+
+def test_an_ack_whose_ids_are_not_strings_is_counted_malformed(tiny_bundle, tmp_path):
+    from daemon_helpers import start_daemon
+    from onboard.wire import encode
+    d = start_daemon(tmp_path, bundle=tiny_bundle)
+    client = ControlClient(d.settings.control_endpoint)
+    acks = push_socket(d.settings.ack_endpoint)
+    acks.send_multipart(encode("ack", {"ids": [1, None, {"x": 1}]}))
+    acks.send_multipart(encode("ack", {"ids": ["msi:0:cloud:unknown"]}))      # well formed, acks nothing
+    wait_for(lambda: client.status()["acks_malformed"] == 1, what="one malformed ack counted")
+    assert client.status()["acks_received"] == 1
+    assert d.stop() == 0
+    acks.close(0)
+    client.close()
