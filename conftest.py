@@ -1,7 +1,11 @@
 """Repository-wide pytest configuration: markers and the shared data path."""
 import os
+import sys
 
 import pytest
+
+# tests/ holds helper modules shared by the test folders (cli_check.py)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
 
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "shared", "data", "real"))
 

@@ -15,9 +15,40 @@ from typing import List, Optional
 SIDES = ("engines.cli", "onboard.cli", "ground.cli", "ground.data.cli", "sim.cli")
 
 
+def non_negative_int(text: str) -> int:
+    """argparse ``type`` for seeds and counts: a whole number >= 0, else a one-line argparse error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give one >= 0 (e.g. 0)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give a whole number >= 0 (e.g. 0)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts that must be at least 1 (frames, clients)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give one >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; give a whole number >= 1")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors end in one ``satedge: error: ...`` line, like every other error."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        verb = self.prog[len("satedge "):] if self.prog.startswith("satedge ") else ""
+        self.exit(2, f"satedge: error: {verb + ': ' if verb else ''}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every side's verbs."""
-    parser = argparse.ArgumentParser(prog="satedge", description="satedge: onboard satellite edge computing "
+    parser = _Parser(prog="satedge", description="satedge: onboard satellite edge computing "
                                      "(ground training and compression, engine bundles, the onboard daemon, "
                                      "the constellation simulator).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -45,6 +76,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:              # a last net: a file problem no verb turned into a UserError
+        where = exc.filename if exc.filename is not None else ""
+        reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+        print(f"satedge: error: {where}{': ' if where else ''}{reason}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """``satedge ground ...``: the lab side."""
 from __future__ import annotations
 
+import os
+
 
 def add_parsers(subparsers) -> None:
     """Add the ``ground`` side to the top-level parser."""
+    from satedge_cli import non_negative_int
     side = subparsers.add_parser("ground", help="train, compress and export models")
     verbs = side.add_subparsers(dest="verb", metavar="<verb>", required=True)
     cs = verbs.add_parser("cloudscreen", help="train the cloud screen and pack FP32 and INT8 bundles")
     cs.add_argument("--out", default="out/cloudscreen")
     cs.add_argument("--quick", action="store_true")
-    cs.add_argument("--seed", type=int, default=0)
+    cs.add_argument("--seed", type=non_negative_int, default=0)
     cs.set_defaults(func=_cloudscreen)
     cp = verbs.add_parser("compress", help="run a compression recipe (distill, QAT, PTQ, hybrid, prune, TDDS), "
                           "export Q/DQ ONNX and bundles")
@@ -68,6 +71,16 @@ def _compress(args) -> int:
     if args.out and len(recipes) > 1:
         from engines.errors import UserError
         raise UserError("--out names one folder but several recipes were given; drop --out (each recipe has its own)")
+    from engines.outpaths import output_folder
+    for recipe in recipes:                              # every output folder checked before any training
+        output_folder(args.out or recipe.out or f"out/compress/{recipe.name}", "--out" if args.out else
+                      f"{recipe.source}: out")
+    if args.report:
+        output_folder(args.report, "--report")
+    if args.sign_key and not os.path.isfile(args.sign_key):
+        from engines.errors import UserError
+        raise UserError(f"--sign-key {args.sign_key}: no such file; give an ed25519 private key "
+                        "('satedge keys gen' writes one)")
     ok, outs = True, []
     for recipe in recipes:
         if args.no_progress:

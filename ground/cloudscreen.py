@@ -24,6 +24,7 @@ import onnx
 import torch
 
 from engines.bundle import pack_bundle
+from engines.errors import UserError
 from engines.manifest import TensorSpec
 from engines.runners.onnxrt import OnnxRuntimeRunner
 from ground.data.scenes import make_tiles
@@ -168,8 +169,14 @@ def build_cloud_screen(out_dir, *, quick: bool = False, seed: int = 0, progress:
     CloudScreenResult
         Bundle and model paths, accuracies, speed and timings.
     """
+    from engines.outpaths import output_folder
+    if not isinstance(seed, int) or seed < 0:
+        raise UserError(f"seed {seed!r}: give a whole number >= 0")
     cfg = QUICK if quick else FULL
     out = Path(out_dir)
+    output_folder(out, "--out")                     # fail now, not after the training
+    for sub in ("models", "bundles"):
+        output_folder(out / sub, "--out")
     st = _Stages()
     dn, mask = make_tiles(cfg.n_train, seed=2 * seed)
     dn_ho, mask_ho = make_tiles(cfg.n_heldout, seed=2 * seed + 1)

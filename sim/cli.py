@@ -7,11 +7,13 @@ import os
 
 def add_parsers(subparsers) -> None:
     """Add the ``demo`` and ``sim`` sides to the top-level parser."""
+    from satedge_cli import non_negative_int, positive_int
     demo = subparsers.add_parser("demo", help="train, ship and run a cloud screen end to end")
     demo.add_argument("--out", default="out/demo", help="work directory (default out/demo)")
     demo.add_argument("--quick", action="store_true", help="CI-sized run (fewer tiles and frames)")
-    demo.add_argument("--frames", type=int, default=None, help="frames the sensor sends")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--frames", type=positive_int, default=None,
+                      help="frames the sensor sends (>= 1; default 12 with --quick, else 60)")
+    demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--no-bad", action="store_true", help="do not mix malformed messages into the stream")
     demo.add_argument("--json", metavar="PATH", help="also write the summary as JSON")
     demo.set_defaults(func=_demo)
@@ -22,7 +24,7 @@ def add_parsers(subparsers) -> None:
     sensor.add_argument("--endpoint", required=True, help="the daemon's sensor endpoint")
     sensor.add_argument("--frames", type=int, default=10)
     sensor.add_argument("--rate", type=float, default=0.0, help="frames per second (0: as fast as accepted)")
-    sensor.add_argument("--seed", type=int, default=1000)
+    sensor.add_argument("--seed", type=non_negative_int, default=1000)
     sensor.set_defaults(func=_sensor)
 
     c = verbs.add_parser("contacts", help="contact windows of a constellation -> HDTN contact plan JSON")
@@ -47,12 +49,14 @@ def add_parsers(subparsers) -> None:
 
 
 def _demo(args) -> int:
+    from engines.outpaths import output_file
     from sim.demo import format_summary, run_demo
+    if args.json:
+        output_file(args.json, "--json")       # before the run, not after it
     summary = run_demo(args.out, quick=args.quick, seed=args.seed, frames=args.frames, bad=not args.no_bad)
     print()
     print(format_summary(summary))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
             json.dump(summary, fh, indent=2)
         print(f"\nsummary written to {args.json}")
@@ -64,6 +68,8 @@ def _run(args) -> int:
     from sim.scenario import load_scenario
     sc = load_scenario(args.scenario)
     out = args.out or os.path.join("out", f"sim-{sc.name}")
+    from engines.outpaths import output_folder
+    output_folder(out, "--out")
     s = run_scenario(sc, out, args.signing_key)
     d = s["delivery"]
     print(f"\n{sc.name}: {len(s['satellites'])} satellites, {s['duration_s'] / 3600:g} h at {s['factor']:g}x in "

@@ -284,6 +284,9 @@ def run_contacts(walker, tle, stations, hours: float, step_s: float, out, start=
     """
     if (walker is None) == (tle is None):
         raise UserError("give exactly one of a Walker spec (INC:T/P/F@ALT_KM) or a TLE file")
+    if out:
+        from engines.outpaths import output_file
+        output_file(out, "--out")                   # before the propagation, not after it
     if start is None and walker is not None:
         start = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     const = walker_spec(walker, start) if walker is not None else Constellation.from_tle_file(tle)

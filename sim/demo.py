@@ -45,9 +45,15 @@ def run_demo(out_dir: str, *, quick: bool = False, seed: int = 0, frames: Option
         Mix one malformed message of each kind into the stream.
     """
     from ground.cloudscreen import build_cloud_screen
+    from engines.outpaths import output_folder
+    if frames is None:
+        frames = QUICK_FRAMES if quick else FULL_FRAMES
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise UserError(f"--frames {frames!r}: give a whole number >= 1 (default {QUICK_FRAMES} with --quick, "
+                        f"else {FULL_FRAMES})")
     t0 = time.time()
-    os.makedirs(out_dir, exist_ok=True)
-    frames = frames or (QUICK_FRAMES if quick else FULL_FRAMES)
+    output_folder(out_dir, "--out")
+    output_folder(os.path.join(out_dir, "ground"), "--out")
     _stage("ground: training the cloud screen, exporting ONNX, quantizing to INT8", t0)
     ground = build_cloud_screen(os.path.join(out_dir, "ground"), quick=quick, seed=seed, progress=progress)
     _stage(f"ground: done (FP32 accuracy {ground.fp32_accuracy:.4f}, INT8 {ground.int8_accuracy:.4f})", t0)

@@ -51,6 +51,8 @@ SECTION_DEFAULTS = {
 
 
 def _merge(base: Dict, over: Dict, where: str) -> Dict:
+    if not isinstance(over, dict):
+        raise UserError(f"scenario {where}: {over!r} is not a mapping; known keys: {', '.join(sorted(base))}")
     unknown = sorted(set(over) - set(base))
     if unknown:
         raise UserError(f"scenario {where}: unknown key(s) {unknown}; known: {', '.join(sorted(base))}")
@@ -60,20 +62,130 @@ def _merge(base: Dict, over: Dict, where: str) -> Dict:
     return out
 
 
+POISON_KINDS = ("scale", "nan")
+SPLITS = ("dirichlet", "scenes", "iid")
+
+
+def _whole(value, where: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"scenario {where}: {value!r}: give a whole number >= {low}")
+    return value
+
+
+def _number(value, where: str, low: float = 0.0, strict: bool = True, high: Optional[float] = None) -> float:
+    import math
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if strict else value >= low) and (high is None or value <= high)
+    if not ok:
+        rng = f"{'>' if strict else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+        raise UserError(f"scenario {where}: {value!r}: give a number {rng}")
+    return float(value)
+
+
+def check_scenario(cfg: Dict, where: str) -> None:
+    """Every value of a merged FL scenario, before any run: ``UserError`` naming the key path and the fix."""
+    from onboard.fl.compressors import make_compressor
+    from sim.orbits import load_stations, walker_spec
+    if not isinstance(cfg["name"], str) or not cfg["name"]:
+        raise UserError(f"scenario {where}: name: {cfg['name']!r}: give a non-empty string")
+    seeds = cfg["seeds"] if isinstance(cfg["seeds"], list) else [cfg["seeds"]]
+    if not seeds:
+        raise UserError(f"scenario {where}: seeds: give at least one whole number >= 0")
+    for i, s in enumerate(seeds):
+        _whole(s, f"{where}: seeds[{i}]", 0)
+    _whole(cfg["rounds"], f"{where}: rounds", 1)
+    c = cfg["constellation"]
+    _number(c["hours"], f"{where}: constellation.hours")
+    _number(c["step_s"], f"{where}: constellation.step_s")
+    n_sats = len(walker_spec(c["walker"], c["start"]).names)
+    load_stations(c["stations"])
+    link = cfg["link"]
+    _number(link["to_ground_bps"], f"{where}: link.to_ground_bps")
+    _number(link["to_sat_bps"], f"{where}: link.to_sat_bps")
+    _number(link["min_fit_fraction"], f"{where}: link.min_fit_fraction", high=1.0)
+    t = cfg["task"]
+    for key in ("scenes", "test_scenes", "size", "per_scene", "patch", "hidden"):
+        _whole(t[key], f"{where}: task.{key}", 1)
+    _whole(t["min_size"], f"{where}: task.min_size", 0)
+    _number(t["alpha"], f"{where}: task.alpha")
+    if t["split"] not in SPLITS:
+        raise UserError(f"scenario {where}: task.split: {t['split']!r}: choose one of {', '.join(SPLITS)}")
+    tr = cfg["training"]
+    _number(tr["lr"], f"{where}: training.lr")
+    _number(tr["train_s"], f"{where}: training.train_s")
+    _whole(tr["local_steps"], f"{where}: training.local_steps", 1)
+    _whole(tr["batch_size"], f"{where}: training.batch_size", 1)
+    if not isinstance(cfg["compressors"], dict):
+        raise UserError(f"scenario {where}: compressors: give a mapping label -> {{name: ..., options}}")
+    for label, comp in cfg["compressors"].items():
+        if not isinstance(comp, dict) or not isinstance(comp.get("name"), str):
+            raise UserError(f"scenario {where}: compressors.{label}: {comp!r}: give a mapping with a 'name' "
+                            "(e.g. {name: topk, ratio: 0.02})")
+        try:
+            make_compressor(comp["name"], **{k: v for k, v in comp.items() if k != "name"})
+        except UserError as exc:
+            raise UserError(f"scenario {where}: compressors.{label}: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"scenario {where}: compressors.{label}: {' '.join(str(exc).split())}") from None
+    a = cfg["async"]
+    if a is not None:
+        _whole(a["buffer_size"], f"{where}: async.buffer_size", 1)
+        _whole(a["max_staleness"], f"{where}: async.max_staleness", 0)
+        _number(a["server_lr"], f"{where}: async.server_lr")
+        if not isinstance(a["compressors"], list):
+            raise UserError(f"scenario {where}: async.compressors: give a list of compressor labels")
+    p = cfg["poison"]
+    if p is not None:
+        kinds = p["kinds"]
+        if not isinstance(kinds, list) or not kinds or any(k not in POISON_KINDS for k in kinds):
+            raise UserError(f"scenario {where}: poison.kinds: {kinds!r}: give a list of one or more of "
+                            f"{', '.join(POISON_KINDS)}")
+        _number(p["scale"], f"{where}: poison.scale", low=float("-inf"))
+        _number(p["max_norm_factor"], f"{where}: poison.max_norm_factor")
+        if isinstance(p["satellite"], bool) or not isinstance(p["satellite"], int) \
+                or not 0 <= p["satellite"] < n_sats:
+            raise UserError(f"scenario {where}: poison.satellite: {p['satellite']!r}: give a satellite index from 0 "
+                            f"to {n_sats - 1} (the constellation has {n_sats})")
+    f = cfg["fedfusion"]
+    if f is not None:
+        for key in ("windows", "max_steps", "width", "scenes", "test_scenes", "size", "per_scene", "patch"):
+            _whole(f[key], f"{where}: fedfusion.{key}", 1)
+        for key in ("max_range_km", "hours", "step_s", "link_bps"):
+            _number(f[key], f"{where}: fedfusion.{key}")
+        _number(f["compute_s"], f"{where}: fedfusion.compute_s", strict=False)
+        _number(f["energy"], f"{where}: fedfusion.energy", high=1.0)
+        names = walker_spec(f["walker"], c["start"]).names
+        if not isinstance(f["pair"], list) or len(f["pair"]) != 2 or [p for p in f["pair"] if p not in names]:
+            raise UserError(f"scenario {where}: fedfusion.pair: {f['pair']!r}: give two satellite names of "
+                            f"{f['walker']} (names look like {names[0]})")
+
+
 def load_scenario(spec: str) -> Dict:
     """A scenario from a YAML path, or a name in ``sim/scenarios`` (``fl-quick``), with defaults filled in."""
     import yaml
     path = spec if os.path.exists(spec) else os.path.join(SCENARIOS, f"{spec}.yaml")
+    names = sorted(f[:-5] for f in os.listdir(SCENARIOS) if f.endswith(".yaml"))
     try:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        names = sorted(f[:-5] for f in os.listdir(SCENARIOS) if f.endswith(".yaml"))
-        raise UserError(f"cannot read FL scenario {spec!r} ({exc}); give a YAML file or one of {names}") from None
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except UnicodeDecodeError:
+        raise UserError(f"FL scenario {spec!r} is not a text file; give a YAML file or one of {names}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read FL scenario {spec!r} ({exc.strerror or exc}); give a YAML file or one of "
+                        f"{names}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"cannot parse FL scenario {spec!r} ({' '.join(str(exc).split())}); give a YAML file or "
+                        f"one of {names}") from None
+    if raw is None:
+        raise UserError(f"FL scenario {spec!r} is empty; give a YAML mapping (see sim/scenarios/fl-quick.yaml)")
+    if not isinstance(raw, dict):
+        raise UserError(f"FL scenario {spec!r} holds a {type(raw).__name__}, not a mapping of settings; see "
+                        "sim/scenarios/fl-quick.yaml")
     cfg = _merge(DEFAULTS, raw, os.path.basename(path))
     for key, base in SECTION_DEFAULTS.items():
         if cfg[key] is not None:
             cfg[key] = _merge(base, cfg[key], key)
+    check_scenario(cfg, os.path.basename(path))
     cfg["seeds"] = [int(x) for x in np.atleast_1d(cfg["seeds"])]
     if "dense" not in cfg["compressors"]:
         raise UserError("scenario compressors: a 'dense' entry is required (the FedAvg baseline)")
@@ -265,10 +377,11 @@ def run_experiment(cfg: Dict, progress: Callable[[str], None] = print) -> Dict:
 
 def add_fl_parser(verbs) -> None:
     """Add ``satedge sim fl SCENARIO`` to the ``sim`` side's sub-parsers."""
+    from satedge_cli import non_negative_int
     p = verbs.add_parser("fl", help="federated learning across the constellation: JSON + PNG report")
     p.add_argument("scenario", help="YAML file, or a name in sim/scenarios (fl-quick, fl-full)")
     p.add_argument("--out", help="output folder (default out/fl/<scenario name>)")
-    p.add_argument("--seeds", type=int, nargs="+", help="override the scenario's seeds")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", help="override the scenario's seeds (whole numbers >= 0)")
     p.set_defaults(func=_cli)
 
 

@@ -130,6 +130,9 @@ class SatelliteLink:
         self.hb.close(0)
 
 
+STOP_DRAIN_S = 3.0        # wall seconds the station keeps receiving after SIGTERM before it writes --out
+
+
 def serve(cfg: Dict[str, Any], stop: threading.Event) -> Dict[str, Any]:
     """Run the ground station until ``stop``; return what it received per satellite."""
     clock = SimClock.from_env(default=SimClock.wall())
@@ -144,6 +147,7 @@ def serve(cfg: Dict[str, Any], stop: threading.Event) -> Dict[str, Any]:
         poller.register(s.rx.sock, zmq.POLLIN)
         poller.register(s.hb, zmq.POLLIN)
     by_sock = {**{s.rx.sock: s for s in sats}, **{s.hb: s for s in sats}}
+    stop_by = None
     try:
         while True:
             ready = dict(poller.poll(100))
@@ -153,11 +157,16 @@ def serve(cfg: Dict[str, Any], stop: threading.Event) -> Dict[str, Any]:
                     _drain_heartbeats(s)
                 else:
                     s.rx.poll(0)
-            if stop.is_set() and not ready:
-                break
+            if stop.is_set():
+                # drain what is queued, but for at most STOP_DRAIN_S: heartbeats of daemons still running
+                # would otherwise keep the loop busy for ever and the station would ignore SIGTERM
+                stop_by = stop_by or time.monotonic() + STOP_DRAIN_S
+                if not ready or time.monotonic() > stop_by:
+                    break
     finally:
+        join_by = time.monotonic() + 5.0          # rollout threads see ``stop``; 5 s for all of them, not each
         for t in threads:
-            t.join(5)
+            t.join(max(0.0, join_by - time.monotonic()))
         out = {s.name: {"received": s.received, "duplicates": s.rx.duplicates, "malformed": s.rx.malformed,
                         "version": s.version} for s in sats}
         for s in sats:

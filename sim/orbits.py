@@ -110,8 +110,11 @@ class Constellation:
         try:
             with open(path) as fh:
                 lines = fh.read().splitlines()
+        except UnicodeDecodeError:
+            raise UserError(f"TLE file {path} is not a text file; give two- or three-line element sets "
+                            "(lines starting with '1 ' and '2 ')") from None
         except OSError as e:
-            raise UserError(f"cannot read TLE file {path}: {e}") from e
+            raise UserError(f"cannot read TLE file {path}: {e.strerror or e}") from None
         return cls.from_tle_lines(lines, source=str(path))
 
     @classmethod

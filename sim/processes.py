@@ -90,6 +90,14 @@ class ManagedProcess:
         finally:
             self._log.close()
 
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (see :func:`stop_all`)."""
+        if self.alive():
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the process to exit by itself."""
         try:
@@ -123,3 +131,22 @@ class DaemonProcess(ManagedProcess):
                                 f"{self.log_tail()}")
             time.sleep(0.05)
         raise UserError(f"the daemon was not ready within {timeout} s:\n{self.log_tail()}")
+
+
+def stop_all(procs, grace_s: float = 30.0) -> None:
+    """SIGTERM every process of ``procs`` at once, then SIGKILL those still running after ``grace_s``.
+
+    ``None`` entries are skipped; every process is waited for (no zombies, logs closed).
+    """
+    procs = [p for p in procs if p is not None]
+    for p in procs:
+        p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.proc.kill()
+            p.proc.wait()
+        finally:
+            p._log.close()

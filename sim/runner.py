@@ -33,7 +33,7 @@ from onboard.settings import DaemonSettings
 from sim import run_check, run_setup
 from sim.clock import ENV_VAR, SimClock
 from sim.ground_station import EventLog
-from sim.processes import DaemonProcess, ManagedProcess, stable_tcp_endpoint
+from sim.processes import DaemonProcess, ManagedProcess, stable_tcp_endpoint, stop_all
 from sim.scenario import Scenario, fault_label
 from sim.sensor import SensorEmulator
 
@@ -108,8 +108,9 @@ class Run:
         self.events = EventLog(os.path.join(self.dir, "runner_events.jsonl"), self.clock)
         self.say(f"{len(self.sats)} satellites, {sum(len(w) for w in orb['windows'].values())} passes; "
                  "starting the ground station and the daemons")
-        ground = self._start_ground(bundles, orb)
+        ground = None
         try:
+            ground = self._start_ground(bundles, orb)
             for s in self.sats:
                 if not s.external:
                     s.start(s.settings(sc, bundles, orb["eclipses"][s.name], 0.0, orb["windows"][s.name]), self._fault_env(s))
@@ -127,13 +128,13 @@ class Run:
             self.say(f"end of scenario; downlink open for up to {sc.drain_wall_s:g} s wall to empty the outboxes")
             self._drain()
         finally:
+            # the daemons first (the ground station drains what they still send), all at once, SIGKILL after 30 s
+            stop_all([s.proc for s in self.sats], grace_s=30)
             for s in self.sats:
-                if s.proc is not None and s.proc.alive():
-                    s.proc.stop(timeout=30)
                 if s.sensor is not None:
                     s.sensor.close(linger_ms=0)
-            ground.stop(timeout=30)
-            links = {s.name: s.link.stop() for s in self.sats}
+            stop_all([ground], grace_s=30)
+            links = {s.name: s.link.stop() for s in self.sats if s.link is not None}
             self.events.close()
         return self._finish(orb, links)
 
@@ -303,12 +304,34 @@ class Run:
         return summary
 
 
+def _raise_on_sigterm():
+    """In the main thread: make the first SIGTERM raise ``SystemExit(143)`` so the run's cleanup (stop the
+    daemons and the ground station, close the links) runs; later ones are ignored while it does. Returns
+    the previous handler (None off the main thread, where signals cannot be handled)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    fired = []
+
+    def handler(signum, frame):
+        if fired:
+            return                                  # already cleaning up
+        fired.append(signum)
+        print("SIGTERM: stopping the daemons and the ground station", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def run_scenario(sc: Scenario, run_dir: str, signing_key: str = "", progress: bool = True) -> Dict[str, Any]:
     """Run ``sc`` in ``run_dir`` and return its summary (also in ``summary.json``, report in ``report.html``)."""
     saved = os.environ.get(ENV_VAR)
+    previous = _raise_on_sigterm()
     try:
         return Run(sc, run_dir, signing_key, progress).execute()
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if saved is None:
             os.environ.pop(ENV_VAR, None)
         else:

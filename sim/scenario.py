@@ -81,9 +81,15 @@ class Scenario:
             raise UserError(f"scenario {self.name!r}: duration_h must be in (0, 48], factor and step_s positive")
         if set(self.link) - {"up", "down"}:
             raise UserError(f"scenario {self.name!r}: link has keys {sorted(self.link)}; use 'up' and 'down'")
+        for d, params in self.link.items():
+            _check_link(self.name, d, params)
         for i, f in enumerate(self.faults):
             if f.kind not in FAULT_KINDS:
                 raise UserError(f"scenario {self.name!r}: faults[{i}].kind {f.kind!r} is not one of {FAULT_KINDS}")
+            for key in ("sat", "pass_index", "at_s", "down_s", "offset_s", "length_s"):
+                value = getattr(f, key)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                    raise UserError(f"scenario {self.name!r}: faults[{i}].{key} is {value!r}; give a number >= 0")
         need = {"sensor", "results", "acks", "heartbeat", "control", "uplink"}
         for i, ext in self.external.items():
             if not isinstance(ext, dict) or need - set(ext):
@@ -97,10 +103,49 @@ class Scenario:
             raise UserError(f"scenario {self.name!r}: rollout_version must be at least 2 (v1 flies at launch)")
         return self
 
+    def check_satellites(self, names: List[str]) -> "Scenario":
+        """Check the satellite indices (``faults[].sat``, ``external``) against the constellation's ``names``."""
+        n = len(names)
+        for i, f in enumerate(self.faults):
+            if not 0 <= f.sat < n:
+                raise UserError(f"scenario {self.name!r}: faults[{i}].sat is {f.sat}, but the constellation has {n} "
+                                f"satellite(s); give an index from 0 to {n - 1} ({names[0]} .. {names[-1]})")
+        bad = sorted(i for i in self.external if not (isinstance(i, int) and 0 <= i < n))
+        if bad:
+            raise UserError(f"scenario {self.name!r}: external has satellite index(es) {bad}, but the constellation "
+                            f"has {n} satellite(s); give indices from 0 to {n - 1}")
+        return self
+
     @property
     def duration_s(self) -> float:
         """Sim seconds the scenario lasts."""
         return self.duration_h * 3600.0
+
+
+def _check_link(name: str, direction: str, params: Any) -> None:
+    """``link.<direction>``: a mapping of :class:`sim.link.LinkParams` fields with valid values."""
+    from sim.link import LinkParams
+    where = f"scenario {name!r}: link.{direction}"
+    known = [k for k in LinkParams.__dataclass_fields__]
+    if not isinstance(params, dict):
+        raise UserError(f"{where} is {params!r}; give a mapping of link settings ({', '.join(known)})")
+    unknown = sorted(set(map(str, params)) - set(known))
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {unknown}; known: {', '.join(known)}")
+    outages = params.get("outages", [])
+    if not isinstance(outages, list) or not all(
+            isinstance(o, (list, tuple)) and len(o) == 2 and all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) for t in o) for o in outages):
+        raise UserError(f"{where}.outages is {outages!r}; give a list of [start_s, end_s] pairs")
+    for key, value in params.items():
+        if key == "outages":
+            continue
+        try:
+            LinkParams(**{key: value})
+        except UserError as exc:
+            text = str(exc)
+            raise UserError(text.replace(f"LinkParams.{key}", f"{where}.{key}", 1) if f"LinkParams.{key}" in text
+                            else f"{where}.{key}: {text}") from None
 
 
 def load_scenario(path: str) -> Scenario:
@@ -113,16 +158,23 @@ def load_scenario(path: str) -> Scenario:
         path = shipped
     import yaml
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"scenario {path!r} is not a text file; give a YAML scenario (see sim/scenarios)") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"scenario {path!r} cannot be parsed: {exc}") from None
+        raise UserError(f"scenario {path!r} cannot be parsed: {' '.join(str(exc).split())}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read scenario {path!r}: {exc.strerror or exc}") from None
     if not isinstance(data, dict):
-        raise UserError(f"scenario {path!r} must hold a mapping")
+        raise UserError(f"scenario {path!r} must hold a mapping of settings, not a {type(data).__name__}")
     sc: Scenario = _build(Scenario, data, f"scenario {os.path.basename(path)}")
     if sc.tle and not os.path.isabs(sc.tle):
         sc.tle = os.path.join(os.path.dirname(os.path.abspath(path)), sc.tle)
-    return sc.validate()
+    sc.validate()
+    from sim.orbits import Constellation, walker_spec
+    const = walker_spec(sc.walker, sc.start) if sc.walker else Constellation.from_tle_file(sc.tle)
+    return sc.check_satellites(list(const.names))
 
 
 def fault_label(f: FaultSettings, sat_name: Optional[str] = None) -> str:

@@ -154,6 +154,117 @@ def build(cls, mapping, where: str):
         raise UserError(f"{where}: {exc}") from None
 
 
+CALIBRATORS = ("minmax", "percentile", "entropy")       # as ground.compress.ptq.CALIBRATORS (no torch import here)
+SCHEDULES = ("onecycle", "constant")
+
+# Value ranges of numeric settings, by key, wherever they appear (train, steps, kd, latency, bundle):
+# key -> (lowest, lowest allowed itself, highest or None, what to say).
+_RANGES = {
+    "width": (1, True, None, "a whole number >= 1 (or a list of them)"),
+    "student_width": (1, True, None, "a whole number >= 1 (or a list of them)"),
+    "teacher_width": (1, True, None, "a whole number >= 1 (or a list of them)"),
+    "epochs": (1, True, None, "a whole number >= 1"),
+    "criterion_epochs": (1, True, None, "a whole number >= 1"),
+    "teacher_epochs": (0, True, None, "a whole number >= 0"),
+    "finetune_epochs": (0, True, None, "a whole number >= 0"),
+    "batch_size": (1, True, None, "a whole number >= 1"),
+    "samples": (1, True, None, "a whole number >= 1"),
+    "seeds": (1, True, None, "a whole number >= 1"),
+    "window": (1, True, None, "a whole number >= 1"),
+    "runs": (1, True, None, "a whole number >= 1"),
+    "warmup": (0, True, None, "a whole number >= 0"),
+    "threads": (1, True, None, "a whole number >= 1"),
+    "seed": (0, True, None, "a whole number >= 0"),
+    "version": (1, True, None, "a whole number >= 1"),
+    "min_bits": (1, True, 8, "a whole number from 1 to 8"),
+    "max_bits": (1, True, 8, "a whole number from 1 to 8"),
+    "lr": (0, False, None, "a number > 0"),
+    "criterion_lr": (0, False, None, "a number > 0"),
+    "weight_decay": (0, True, None, "a number >= 0"),
+    "keep_macs": (0, False, 1, "a fraction in (0, 1]"),
+    "min_keep": (0, False, 1, "a fraction in (0, 1]"),
+    "percentile": (0, False, 100, "a percentile in (0, 100]"),
+    "temperature": (0, False, None, "a number > 0"),
+    "task_weight": (0, True, None, "a number >= 0"),
+    "logit_weight": (0, True, None, "a number >= 0"),
+    "feature_weight": (0, True, None, "a number >= 0"),
+    "cost_weight": (0, True, None, "a number >= 0"),
+    "budget_points": (0, True, None, "a number >= 0"),
+    "total_budget_points": (0, True, None, "a number >= 0"),
+    "max_rel_error": (0, False, None, "a number > 0"),
+    "kmeans_threshold": (0, False, None, "a number > 0"),
+    "ema": (0, True, 1, "a number in [0, 1)"),
+}
+
+
+def _in_range(value, low, low_ok, high) -> bool:
+    import math
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if value < low or (value == low and not low_ok):
+        return False
+    return high is None or value <= high
+
+
+def check_values(obj, where: str) -> None:
+    """Ranges of the numeric settings of a built settings object (recursively), ``UserError`` naming the key."""
+    for f in dataclasses.fields(obj):
+        key = f.metadata.get("key", f.name)
+        value = getattr(obj, f.name)
+        path = f"{where}.{key}"
+        if dataclasses.is_dataclass(value):
+            check_values(value, path)
+            continue
+        if key in ("calibrators", "calibrator"):
+            names = value if isinstance(value, list) else [value]
+            bad = [c for c in names if c not in CALIBRATORS]
+            if bad or not names:
+                raise UserError(f"{path}: {value!r}: choose {'one' if key == 'calibrator' else 'one or more'} "
+                                f"of {list(CALIBRATORS)}")
+            if len(set(names)) != len(names):
+                raise UserError(f"{path}: {value!r} names a calibrator twice")
+            continue
+        if key == "schedule" and value not in SCHEDULES:
+            raise UserError(f"{path}: {value!r}: choose one of {list(SCHEDULES)}")
+        if key not in _RANGES or value is None:
+            continue
+        low, low_ok, high, what = _RANGES[key]
+        if key == "ema" and value == 1:
+            raise UserError(f"{path}: {value!r}: give {what}")
+        for v in (value if isinstance(value, list) else [value]):
+            if not _in_range(v, low, low_ok, high):
+                raise UserError(f"{path}: {value!r}: give {what}")
+        if isinstance(value, list) and not value:
+            raise UserError(f"{path}: an empty list; give {what}")
+    if hasattr(obj, "min_bits") and hasattr(obj, "max_bits") and obj.min_bits > obj.max_bits:
+        raise UserError(f"{where}: min_bits {obj.min_bits} is above max_bits {obj.max_bits}")
+
+
+_DATA_MIN = {"n_bands": 0}        # task data counts that may be 0 (n_bands 0 or null: all bands)
+
+
+def _check_data(data: Dict, defaults: Dict, where: str) -> None:
+    """Task data settings: the type of each default, whole counts >= 1."""
+    for key, value in data.items():
+        default = defaults.get(key)
+        path = f"{where}.{key}"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise UserError(f"{path}: {value!r}: give true or false")
+        elif isinstance(default, int):
+            low = _DATA_MIN.get(key, 1)
+            if key in _DATA_MIN and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"{path}: {value!r}: give a whole number >= {low} (default {default})")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise UserError(f"{path}: {value!r}: give a string (default {default!r})")
+        elif isinstance(default, list):
+            if not isinstance(value, list) or len(value) != len(default) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise UserError(f"{path}: {value!r}: give a list of {len(default)} numbers (default {default})")
+
+
 def recipe_from_dict(doc: Dict, source: str = "<recipe>") -> Recipe:
     """Validate a parsed recipe document and return the :class:`Recipe`."""
     from engines.targets import get_profile
@@ -180,11 +291,21 @@ def recipe_from_dict(doc: Dict, source: str = "<recipe>") -> Recipe:
         if unknown:
             raise UserError(f"{source}: tracks.{name}.data: unknown key(s) {unknown}; allowed: "
                             f"{sorted(task.data_defaults)}")
+        _check_data(tr.data, task.data_defaults, f"{source}: tracks.{name}.data")
+        check_values(tr.train, f"{source}: tracks.{name}.train")
         tracks[name] = dataclasses.replace(tr, data={**task.data_defaults, **tr.data})
     if not tracks:
         raise UserError(f"{source}: tracks: give at least one of {list(task.tracks)}")
     for t in recipe.targets:
         get_profile(t)
+    for key in ("latency", "bundle"):
+        check_values(getattr(recipe, key), f"{source}: {key}")
+    for key in ("seed", "threads"):
+        low, low_ok, high, what = _RANGES[key]
+        if not _in_range(getattr(recipe, key), low, low_ok, high):
+            raise UserError(f"{source}: {key}: {getattr(recipe, key)!r}: give {what}")
+    for i, st in enumerate(steps):
+        check_values(st, f"{source}: steps[{i}] ({type(st).__name__[:-4].lower()})")
     if any(type(st).__name__ == "TddsStep" for st in steps):
         short = [n for n, tr in tracks.items() if tr.train.epochs < 2]
         if short:
@@ -223,7 +344,11 @@ def load_recipe(path) -> Recipe:
         shipped = sorted(x.stem for x in (Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
         raise UserError(f"no recipe file at {path}; pass a YAML path or one of the shipped recipes: {shipped}")
     try:
-        doc = yaml.safe_load(p.read_text())
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not a text file; a recipe is a YAML file (see ground/recipes/*.yaml)") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{p}: not valid YAML: {exc}") from None
+        raise UserError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read recipe {p}: {exc.strerror or exc}") from None
     return recipe_from_dict(doc, str(p))

@@ -148,19 +148,55 @@ def track_section(doc: Dict, track_name: str, track: Dict, out_dir: Path) -> Lis
     return lines
 
 
+# What write_report reads from the top of a results.json: key -> (type(s), what it should be).
+_TOP_KEYS = {"name": (str, "a string"), "started": (str, "a string"), "tracks": (dict, "an object of tracks"),
+             "machine": (dict, "an object")}
+_MACHINE_KEYS = ("cpu", "cores", "torch", "onnxruntime")
+
+
+def _read_results(spec) -> dict:
+    """One ``results.json`` (or the folder holding it), checked for what the report needs, else ``UserError``."""
+    from engines.errors import UserError
+    p = Path(spec)
+    p = p / "results.json" if p.is_dir() else p
+    if not p.is_file():
+        raise UserError(f"no results at {p}; run 'satedge ground compress --recipe RECIPE' first")
+    fix = "give the results.json that 'satedge ground compress' wrote (or its folder)"
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"results file {p} is not a text file; {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"results file {p} is not JSON ({exc}); {fix}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read results file {p}: {exc.strerror or exc}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"results file {p} holds a JSON {type(doc).__name__}, not an object; {fix}")
+    for key, (kind, what) in _TOP_KEYS.items():
+        if key not in doc:
+            raise UserError(f"results file {p} has no {key!r} key; {fix}")
+        if not isinstance(doc[key], kind):
+            raise UserError(f"results file {p}: {key!r} should be {what}, not {type(doc[key]).__name__}; {fix}")
+    missing = [k for k in _MACHINE_KEYS if k not in doc["machine"]]
+    if missing:
+        raise UserError(f"results file {p}: machine lacks {missing}; {fix}")
+    if not isinstance(doc.get("seconds"), (int, float)) or isinstance(doc.get("seconds"), bool):
+        raise UserError(f"results file {p}: 'seconds' should be a number; {fix}")
+    bad = [k for k, v in doc["tracks"].items() if not isinstance(v, dict)]
+    if bad:
+        raise UserError(f"results file {p}: tracks {bad} are not objects; {fix}")
+    doc["_path"] = str(p)
+    return doc
+
+
 def write_report(results: Sequence, out_dir, title: str = "satedge compression report") -> Path:
     """Write ``REPORT.md`` and its PNGs into ``out_dir`` from ``results.json`` files; returns the path."""
     from engines.errors import UserError
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    docs = []
-    for r in results:
-        p = Path(r)
-        p = p / "results.json" if p.is_dir() else p
-        if not p.is_file():
-            raise UserError(f"no results at {p}; run 'satedge ground compress --recipe RECIPE' first")
-        docs.append(json.loads(p.read_text()))
+    from engines.outpaths import output_folder
+
+    docs = [_read_results(r) for r in results]     # every input checked before anything is written
+    out = Path(output_folder(out_dir, "--out"))
     m = docs[0]["machine"]
     lines = [f"# {title}", "", f"Machine: {m['cpu']}, {m['cores']} cores, no GPU used; torch {m['torch']}, "
              f"ONNX Runtime {m['onnxruntime']}. Runs: " + ", ".join(f"`{d['name']}` ({d['started']}, "
@@ -168,7 +204,11 @@ def write_report(results: Sequence, out_dir, title: str = "satedge compression r
              CONVENTIONS]
     for d in docs:
         for name, track in d["tracks"].items():
-            lines += track_section(d, name, track, out)
+            try:
+                lines += track_section(d, name, track, out)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                raise UserError(f"results file {d['_path']}: track {name!r} is not what 'satedge ground compress' "
+                                f"writes ({type(exc).__name__}: {exc}); rerun the recipe to rewrite it") from None
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path

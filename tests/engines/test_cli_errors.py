@@ -6,9 +6,6 @@ that no Python traceback reached the user. Also: ``engines compare`` picks the b
 run a bundle, and refuses, in one line, a named backend that cannot.
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,28 +13,9 @@ import pytest
 
 from engines.runners.devicebuf import gpu_present
 
+from cli_check import error_line, satedge  # tests/cli_check.py; conftest.py puts tests/ on sys.path
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def satedge(*argv):
-    """Run the ``satedge`` command with ``argv``; return the CompletedProcess (text stdout and stderr)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "satedge_cli"] + [str(a) for a in argv], cwd=str(ROOT), env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
-
-
-def error_line(result, *names, code=2):
-    """The one ``satedge: error:`` line of ``result``, checked: exit ``code``, no traceback, it names ``names``."""
-    both = result.stdout + result.stderr
-    assert "Traceback" not in both, both
-    assert result.returncode == code, both
-    errors = [line for line in result.stderr.splitlines() if line.startswith("satedge: error:")]
-    assert len(errors) == 1, result.stderr
-    tail = [line for line in result.stderr.splitlines() if line.strip()][-1]
-    assert tail == errors[0], "the error message runs over several lines:\n" + result.stderr
-    for name in names:
-        assert str(name) in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture
