@@ -15,26 +15,24 @@ from typing import List, Optional
 SIDES = ("engines.cli", "onboard.cli", "ground.cli", "ground.data.cli", "sim.cli")
 
 
-def non_negative_int(text: str) -> int:
-    """argparse ``type`` for seeds and counts: a whole number >= 0, else a one-line argparse error."""
+def _whole_number(text: str, lowest: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give one >= 0 (e.g. 0)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give a whole number >= 0 (e.g. 0)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give one >= {lowest}") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"{value} is too small; give a whole number >= {lowest}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type`` for seeds and counts: a whole number >= 0, else a one-line argparse error."""
+    return _whole_number(text, 0)
 
 
 def positive_int(text: str) -> int:
     """argparse ``type`` for counts that must be at least 1 (frames, clients)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give one >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is too small; give a whole number >= 1")
-    return value
+    return _whole_number(text, 1)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,6 +18,20 @@ def _file_above(path: str):
     return None if os.path.isdir(p) else p
 
 
+def _writable_folder(folder: str, flag: str, path: str) -> None:
+    """Create ``folder`` (``path`` itself, or the folder of the file ``path``) and check it is writable."""
+    blocker = _file_above(folder)
+    if blocker is not None:
+        raise UserError(f"{flag} {path}: {blocker} is a file, not a folder; choose another path")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot create the folder {folder} ({exc.strerror or exc}); "
+                        "choose a folder you can write to") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: the folder {folder} is not writable; choose a folder you can write to")
+
+
 def output_folder(path, flag: str) -> str:
     """Create the output folder ``path`` now (before any long work) and check it is writable.
 
@@ -27,16 +41,7 @@ def output_folder(path, flag: str) -> str:
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{flag} {path}: is a file, not a folder; give a folder path (it is created if missing)")
-    blocker = _file_above(path)
-    if blocker is not None:
-        raise UserError(f"{flag} {path}: {blocker} is a file, not a folder; choose another path")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{flag} {path}: cannot create the folder ({exc.strerror or exc}); "
-                        "choose a folder you can write to") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: the folder is not writable; choose a folder you can write to")
+    _writable_folder(path, flag, path)
     return path
 
 
@@ -46,17 +51,7 @@ def output_file(path, flag: str) -> str:
     path = os.fspath(path)
     if os.path.isdir(path):
         raise UserError(f"{flag} {path}: is a folder; give a file path")
-    parent = os.path.dirname(os.path.abspath(path))
-    blocker = _file_above(parent)
-    if blocker is not None:
-        raise UserError(f"{flag} {path}: {blocker} is a file, not a folder; choose another path")
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{flag} {path}: cannot create its folder {parent} ({exc.strerror or exc}); "
-                        "choose a path in a folder you can write to") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: the folder {parent} is not writable; choose another path")
+    _writable_folder(os.path.dirname(os.path.abspath(path)), flag, path)
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UserError(f"{flag} {path}: the file is not writable; choose another path")
     return path
